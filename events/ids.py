@@ -1,0 +1,45 @@
+"""Identifiers: UUIDv7 message ids and the deterministic ids derived from them."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+# Namespaces for uuid5-derived aggregate ids. Changing one orphans every stored stream.
+COMMAND_NAMESPACE = uuid.UUID("6f0a4e1c-2f0b-5d8e-9a51-0c3e7b1d2a40")
+DOCUMENT_NAMESPACE = uuid.UUID("b2f1c1e4-8f5a-5b7d-8c2e-4d9a6e3f1b07")
+
+_last_ms = 0
+_counter = 0
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7), monotonic within this process.
+
+    Python 3.11 has no ``uuid.uuid7``; the layout is 48 bits of Unix milliseconds, 12 bits of
+    a counter that keeps ids ordered within one millisecond, and 62 random bits.
+    """
+    global _last_ms, _counter
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:
+        ms = _last_ms
+        _counter += 1
+        if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+            ms += 1
+            _counter = 0
+    else:
+        _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
+    _last_ms = ms
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | _counter << 64 | 0b10 << 62 | rand
+    return uuid.UUID(int=value)
+
+
+def command_aggregate_id(message_id: uuid.UUID) -> uuid.UUID:
+    """The id of the per-command aggregate that records a command's one outcome."""
+    return uuid.uuid5(COMMAND_NAMESPACE, str(message_id))
+
+
+def document_aggregate_id(document_id: str) -> uuid.UUID:
+    return uuid.uuid5(DOCUMENT_NAMESPACE, document_id)

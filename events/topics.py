@@ -1,0 +1,25 @@
+"""Kafka topic names. Commands for a context go to one topic, keyed by aggregate id."""
+
+from __future__ import annotations
+
+CONTEXTS: tuple[str, ...] = ("knowledge",)
+
+
+def command_topic(context: str) -> str:
+    return f"uait.commands.{context}"
+
+
+def event_topic(context: str) -> str:
+    return f"uait.events.{context}"
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def context_of_topic(topic: str) -> str:
+    """``uait.commands.knowledge`` -> ``knowledge``."""
+    parts = topic.split(".")
+    if len(parts) < 3 or parts[0] != "uait":
+        raise ValueError(f"not a uait topic: {topic!r}")
+    return parts[2]

@@ -1,0 +1,323 @@
+"""Decide a batch of commands and save it in ONE event-store transaction.
+
+Every command gets exactly one outcome: its events and its outcome record (version 1 of the
+per-command aggregate) are appended together. A redelivered command conflicts on that record.
+When an append fails on a conflict, the batch is split in halves and each half is decided again
+from fresh state, so one duplicate or conflicting command never holds back the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import orjson
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from pydantic import ValidationError
+
+from events.base import Command, Event, UnknownMessageTypeError
+from events.envelope import (
+    Envelope,
+    MalformedEnvelopeError,
+    describe_validation_error,
+    loads,
+    open_command,
+)
+from events.ids import COMMAND_NAMESPACE, command_aggregate_id
+from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
+from events.stored import EventMeta, encode_state
+from workers.aggregate import Aggregate, DomainRuleError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from workers.eventstore import EventStore
+
+log = logging.getLogger("uait.worker")
+
+AggregateT = TypeVar("AggregateT", bound=Aggregate)
+
+
+class ConcurrencyConflictError(RuntimeError):
+    """Raised when a command keeps conflicting with another writer after every retry."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed Kafka record, independent of the client library."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a decider says about a command that it accepted."""
+
+    aggregate_id: uuid.UUID | None
+    detail: str = ""
+
+
+class Streams(Protocol):
+    def get(self, aggregate_id: uuid.UUID, cls: type[AggregateT]) -> AggregateT: ...
+
+
+class Decider(Protocol):
+    """A context's decision logic: which streams a command needs, and what it records."""
+
+    context: str
+
+    def stream_ids(self, command: Command) -> list[uuid.UUID]: ...
+
+    def decide(self, command: Command, streams: Streams) -> Verdict:
+        """Record events on aggregates from ``streams``; raise DomainRuleError to reject."""
+        ...
+
+
+@dataclass
+class Item:
+    record: Record
+    command_id: uuid.UUID
+    envelope: Envelope | None = None
+    command: Command | None = None
+    rejection: tuple[RejectionCode, str] | None = None
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type if self.envelope else "unknown"
+
+    def meta(self) -> EventMeta:
+        env = self.envelope
+        return EventMeta(
+            command_id=self.command_id,
+            correlation_id=env.correlation_id if env else self.command_id,
+            actor=env.actor if env else "unknown",
+        )
+
+
+@dataclass
+class BatchReport:
+    succeeded: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    splits: int = 0
+    appended_events: int = 0
+    outcomes: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    def merge(self, other: BatchReport) -> None:
+        self.succeeded += other.succeeded
+        self.rejected += other.rejected
+        self.duplicates += other.duplicates
+        self.splits += other.splits
+        self.appended_events += other.appended_events
+        self.outcomes.update(other.outcomes)
+
+
+class _StreamCache:
+    def __init__(self, histories: dict[uuid.UUID, list[Event]]) -> None:
+        self._histories = histories
+        self._loaded: dict[uuid.UUID, Aggregate] = {}
+
+    def get(self, aggregate_id: uuid.UUID, cls: type[AggregateT]) -> AggregateT:
+        aggregate = self._loaded.get(aggregate_id)
+        if aggregate is None:
+            aggregate = cls.replay(aggregate_id, self._histories.get(aggregate_id, ()))
+            self._loaded[aggregate_id] = aggregate
+        assert isinstance(aggregate, cls)
+        return aggregate
+
+    def aggregates(self) -> list[Aggregate]:
+        return list(self._loaded.values())
+
+    def marks(self) -> dict[uuid.UUID, int]:
+        return {a.id: len(a.pending) for a in self._loaded.values()}
+
+    def rollback(self, marks: dict[uuid.UUID, int]) -> None:
+        """Undo what was recorded since ``marks``: replay history and the events kept."""
+        for aggregate_id, aggregate in list(self._loaded.items()):
+            keep = marks.get(aggregate_id, 0)
+            if len(aggregate.pending) == keep:
+                continue
+            fresh = type(aggregate).replay(aggregate_id, self._histories.get(aggregate_id, ()))
+            for _, event in aggregate.pending[:keep]:
+                fresh.record(event)
+            self._loaded[aggregate_id] = fresh
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        store: EventStore,
+        decider: Decider,
+        *,
+        conflict_retries: int = 5,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.decider = decider
+        self.conflict_retries = conflict_retries
+        self.clock = clock
+
+    def process(self, records: Sequence[Record]) -> BatchReport:
+        """Give every record its outcome; returns what happened. Raises only transient errors."""
+        report = BatchReport()
+        seen: set[uuid.UUID] = set()
+        items: list[Item] = []
+        for record in records:
+            item = self.parse(record)
+            if item.command_id in seen:  # the same command twice in one batch
+                report.duplicates += 1
+                report.outcomes[item.command_id] = "duplicate"
+                continue
+            seen.add(item.command_id)
+            items.append(item)
+        self._commit(items, report)
+        return report
+
+    def parse(self, record: Record) -> Item:
+        raw = record.value or b""
+        try:
+            envelope = loads(raw)
+        except MalformedEnvelopeError as exc:
+            return Item(record, _salvage_id(record), rejection=("malformed", str(exc)))
+        item = Item(record, envelope.message_id, envelope=envelope)
+        try:
+            command = open_command(envelope)
+        except UnknownMessageTypeError as exc:
+            item.rejection = ("unknown_type", str(exc))
+            return item
+        except ValidationError as exc:
+            item.rejection = ("invalid", describe_validation_error(exc))
+            return item
+        if self.decider.context != command.CONTEXT:
+            item.rejection = (
+                "unknown_type",
+                f"{envelope.type} belongs to {command.CONTEXT}, not {self.decider.context}",
+            )
+            return item
+        item.command = command
+        return item
+
+    def _commit(self, items: list[Item], report: BatchReport) -> None:
+        if not items:
+            return
+        try:
+            report.merge(self._attempt(items))
+        except IntegrityError:
+            if len(items) == 1:
+                report.merge(self._settle_single(items[0]))
+                return
+            report.splits += 1
+            mid = len(items) // 2
+            # Halves in order: per-aggregate order holds because the first half commits first.
+            self._commit(items[:mid], report)
+            self._commit(items[mid:], report)
+
+    def _settle_single(self, item: Item) -> BatchReport:
+        """A lone command that conflicted: a duplicate, or a race with another writer."""
+        for attempt in range(self.conflict_retries):
+            try:
+                return self._attempt([item])
+            except IntegrityError:
+                log.info("conflict on %s (attempt %d), retrying", item.command_id, attempt + 1)
+        raise ConcurrencyConflictError(f"command {item.command_id} kept conflicting")
+
+    def _attempt(self, items: list[Item]) -> BatchReport:
+        report = BatchReport()
+        outcome_ids = {command_aggregate_id(i.command_id): i for i in items}
+        done = self.store.existing(list(outcome_ids))
+        fresh = [i for oid, i in outcome_ids.items() if oid not in done]
+        for oid in done:
+            report.duplicates += 1
+            report.outcomes[outcome_ids[oid].command_id] = "duplicate"
+        stream_ids = {sid for i in fresh if i.command for sid in self.decider.stream_ids(i.command)}
+        streams = _StreamCache(self.store.load_streams(sorted(stream_ids)))
+        now = self.clock()
+        stored: list[StoredEvent] = []
+        for item in fresh:
+            outcome, events = self._decide(item, streams)
+            meta = item.meta()
+            for aggregate_id, version, event in events:
+                stored.append(_stored(aggregate_id, version, event, now, meta))
+            stored.append(_stored(command_aggregate_id(item.command_id), 1, outcome, now, meta))
+            if isinstance(outcome, CommandSucceeded):
+                report.succeeded += 1
+                report.outcomes[item.command_id] = "succeeded"
+            else:
+                report.rejected += 1
+                report.outcomes[item.command_id] = "rejected"
+        if stored:
+            self.store.append(stored)
+        report.appended_events = len(stored)
+        return report
+
+    def _decide(
+        self, item: Item, streams: _StreamCache
+    ) -> tuple[Event, list[tuple[uuid.UUID, int, Event]]]:
+        if item.rejection is not None or item.command is None:
+            code, reason = item.rejection or ("invalid", "no command")
+            return _rejected(item, code, reason), []
+        before = streams.marks()
+        try:
+            verdict = self.decider.decide(item.command, streams)
+        except DomainRuleError as exc:
+            streams.rollback(before)
+            return _rejected(item, exc.code, str(exc)), []
+        except Exception as exc:
+            # A bug in a decider must not stall the partition: reject, with a digest to find it.
+            streams.rollback(before)
+            digest = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            log.exception("decider failed on %s", item.command_id)
+            return _rejected(item, "domain", f"internal error: {digest}"), []
+        events = [
+            (a.id, version, event)
+            for a in streams.aggregates()
+            for version, event in a.pending[before.get(a.id, 0) :]
+        ]
+        succeeded = CommandSucceeded(
+            command_id=str(item.command_id),
+            command_type=item.type,
+            aggregate_id=str(verdict.aggregate_id) if verdict.aggregate_id else None,
+            detail=verdict.detail,
+            events=[f"{e.TYPE}:{aid}:{v}" for aid, v, e in events],
+        )
+        return succeeded, events
+
+
+def _rejected(item: Item, code: RejectionCode, reason: str) -> CommandRejected:
+    return CommandRejected(
+        command_id=str(item.command_id), command_type=item.type, code=code, reason=reason[:2000]
+    )
+
+
+def _stored(
+    aggregate_id: uuid.UUID, version: int, event: Event, now: datetime, meta: EventMeta
+) -> StoredEvent:
+    return StoredEvent(
+        originator_id=aggregate_id,
+        originator_version=version,
+        topic=event.TYPE,
+        state=encode_state(event, now, meta),
+    )
+
+
+def _salvage_id(record: Record) -> uuid.UUID:
+    """The command id of a message too broken to be an envelope.
+
+    Its own ``message_id`` when that much parses; otherwise derived from where it sits in Kafka,
+    so a redelivery of the same broken record still maps to the same single outcome.
+    """
+    try:
+        data = orjson.loads(record.value or b"")
+        if isinstance(data, dict):
+            return uuid.UUID(str(data["message_id"]))
+    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+        pass
+    return uuid.uuid5(COMMAND_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}")
