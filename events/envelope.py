@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from events.base import Command, Message, load
 from events.ids import uuid7
-
-if TYPE_CHECKING:
-    import uuid
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 

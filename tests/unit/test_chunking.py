@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -55,7 +56,7 @@ def test_neighbouring_chunks_overlap_at_a_word_boundary():
     words = " ".join(f"w{i:03d}" for i in range(300))
     spans = chunk_spans(words, 200, 40)
     assert len(spans) > 3
-    for a, b in zip(spans, spans[1:], strict=False):
+    for a, b in itertools.pairwise(spans):
         assert b.start < a.end, "chunks should overlap"
         assert a.end - b.start <= 40
         assert words[b.start - 1] == " "
@@ -72,7 +73,8 @@ def test_chunks_cover_every_word_respect_the_size_and_never_edge_on_whitespace(s
     last_start = -1
     for s in spans:
         assert 0 < s.end - s.start <= size
-        assert not text[s.start].isspace() and not text[s.end - 1].isspace()
+        assert not text[s.start].isspace()
+        assert not text[s.end - 1].isspace()
         assert s.start > last_start, "chunks must advance"
         last_start = s.start
         for k in range(s.start, s.end):

@@ -1,0 +1,47 @@
+"""What a projection is: one read model, its schema and its handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from psycopg import Cursor
+
+    from events.base import Event
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A stored event as a projection sees it: position, stream and decoded payload."""
+
+    position: int
+    aggregate_id: Any
+    aggregate_version: int
+    event: Event
+    occurred_at: datetime
+    meta: dict[str, Any]
+
+
+class Projection(Protocol):
+    """A read model built from one context's events.
+
+    ``apply`` gets many events at once and writes them with set-based SQL; the runner commits
+    the rows and the tracking position in the same transaction. Events a projection does not
+    handle are skipped, but their positions are still recorded.
+    """
+
+    name: ClassVar[str]
+    context: ClassVar[str]
+    version: ClassVar[int]
+    tables: ClassVar[tuple[str, ...]]
+    topics: ClassVar[frozenset[str]]
+    """The event types it handles; others are skipped without being decoded."""
+
+    def create(self, cur: Cursor[Any]) -> None:
+        """Create the tables and indexes (idempotent)."""
+
+    def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
+        """Write the effects of ``batch`` (in store order) to the read model."""

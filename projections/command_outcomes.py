@@ -1,0 +1,91 @@
+"""The ``command_outcomes`` read model: each command's one outcome and its position.
+
+Outcomes come from events (this projection). In-flight state and attempts are operational rows
+(``command_log``) that workers write outside the event store; the query side joins the two.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from events.outcomes import CommandRejected, CommandSucceeded
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
+
+    from projections.base import Envelope
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS command_outcomes (
+    command_id   uuid PRIMARY KEY,
+    context      text NOT NULL,
+    command_type text NOT NULL,
+    status       text NOT NULL CHECK (status IN ('succeeded', 'rejected')),
+    code         text,
+    reason       text,
+    detail       text,
+    aggregate_id text,
+    correlation_id uuid,
+    actor        text,
+    position     bigint NOT NULL,
+    recorded_at  timestamptz NOT NULL
+);
+"""
+
+
+class CommandOutcomesProjection:
+    """One instance per context, because positions are per context."""
+
+    name: ClassVar[str] = "knowledge.command_outcomes"
+    context: ClassVar[str] = "knowledge"
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[str, ...]] = ("command_outcomes",)
+    topics: ClassVar[frozenset[str]] = frozenset({CommandSucceeded.TYPE, CommandRejected.TYPE})
+
+    def create(self, cur: Cursor[Any]) -> None:
+        cur.execute(SCHEMA)
+
+    def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
+        rows = []
+        for env in batch:
+            ev = env.event
+            if isinstance(ev, CommandSucceeded):
+                status, code, reason, detail, agg = (
+                    "succeeded",
+                    None,
+                    None,
+                    ev.detail,
+                    ev.aggregate_id,
+                )
+            elif isinstance(ev, CommandRejected):
+                status, code, reason, detail, agg = "rejected", ev.code, ev.reason, None, None
+            else:
+                continue
+            rows.append(
+                (
+                    ev.command_id,
+                    self.context,
+                    ev.command_type,
+                    status,
+                    code,
+                    reason,
+                    detail,
+                    agg,
+                    env.meta.get("correlation_id"),
+                    env.meta.get("actor"),
+                    env.position,
+                    env.occurred_at,
+                )
+            )
+        if rows:
+            # An outcome is recorded once per command, so a conflict here can only be a replay
+            # of the same event: keep the first.
+            cur.executemany(
+                """
+                INSERT INTO command_outcomes (command_id, context, command_type, status, code,
+                    reason, detail, aggregate_id, correlation_id, actor, position, recorded_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (command_id) DO NOTHING
+                """,
+                rows,
+            )

@@ -1,0 +1,138 @@
+"""The ``documents`` and ``chunks`` read models, with full-text search.
+
+Chunks carry the document title, so the search vector weights the title (A) above the body (B)
+and a hit can be ranked and highlighted per chunk.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from events.knowledge.events import DocumentDeleted, DocumentIngested
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
+
+    from projections.base import Envelope
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    document_id    text PRIMARY KEY,
+    aggregate_id   uuid NOT NULL,
+    version        integer NOT NULL,
+    title          text NOT NULL,
+    source         text NOT NULL,
+    tags           text[] NOT NULL,
+    text           text NOT NULL,
+    size_bytes     integer NOT NULL,
+    content_sha256 text NOT NULL,
+    chunk_count    integer NOT NULL,
+    created_at     timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL,
+    position       bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    document_id  text NOT NULL,
+    chunk_index  integer NOT NULL,
+    version      integer NOT NULL,
+    title        text NOT NULL,
+    text         text NOT NULL,
+    start_offset integer NOT NULL,
+    end_offset   integer NOT NULL,
+    search       tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, title), 'A')
+        || setweight(to_tsvector('english'::regconfig, text), 'B')
+    ) STORED,
+    PRIMARY KEY (document_id, chunk_index)
+);
+CREATE INDEX IF NOT EXISTS chunks_search_idx ON chunks USING gin (search);
+"""
+
+
+class DocumentsProjection:
+    name: ClassVar[str] = "knowledge.documents"
+    context: ClassVar[str] = "knowledge"
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[str, ...]] = ("documents", "chunks")
+    topics: ClassVar[frozenset[str]] = frozenset({DocumentIngested.TYPE, DocumentDeleted.TYPE})
+
+    def create(self, cur: Cursor[Any]) -> None:
+        cur.execute(SCHEMA)
+
+    def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
+        # The last event per document wins within a batch; created_at survives new versions.
+        final: dict[str, tuple[Envelope, DocumentIngested] | None] = {}
+        first_seen: dict[str, Any] = {}
+        for env in batch:
+            event = env.event
+            if isinstance(event, DocumentIngested):
+                final[event.document_id] = (env, event)
+                first_seen.setdefault(event.document_id, env.occurred_at)
+            elif isinstance(event, DocumentDeleted):
+                final[event.document_id] = None
+                first_seen.pop(event.document_id, None)
+        if not final:
+            return
+        touched = list(final)
+        cur.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (touched,))
+        gone = [doc_id for doc_id, state in final.items() if state is None]
+        if gone:
+            cur.execute("DELETE FROM documents WHERE document_id = ANY(%s)", (gone,))
+        rows = []
+        for doc_id, state in final.items():
+            if state is None:
+                continue
+            env, ev = state
+            rows.append(
+                (
+                    doc_id,
+                    env.aggregate_id,
+                    ev.version,
+                    ev.title,
+                    ev.source,
+                    ev.tags,
+                    ev.text,
+                    len(ev.text.encode("utf-8")),
+                    ev.content_sha256,
+                    len(ev.chunks),
+                    first_seen.get(doc_id, env.occurred_at),
+                    env.occurred_at,
+                    env.position,
+                )
+            )
+        if not rows:
+            return
+        cur.executemany(
+            """
+            INSERT INTO documents (document_id, aggregate_id, version, title, source, tags, text,
+                size_bytes, content_sha256, chunk_count, created_at, updated_at, position)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (document_id) DO UPDATE SET
+                aggregate_id = EXCLUDED.aggregate_id, version = EXCLUDED.version,
+                title = EXCLUDED.title, source = EXCLUDED.source, tags = EXCLUDED.tags,
+                text = EXCLUDED.text, size_bytes = EXCLUDED.size_bytes,
+                content_sha256 = EXCLUDED.content_sha256, chunk_count = EXCLUDED.chunk_count,
+                updated_at = EXCLUDED.updated_at, position = EXCLUDED.position
+            """,
+            rows,
+        )
+        with cur.copy(
+            "COPY chunks (document_id, chunk_index, version, title, text, start_offset, "
+            "end_offset) FROM STDIN"
+        ) as copy:
+            for doc_id, state in final.items():
+                if state is None:
+                    continue
+                _, ev = state
+                for c in ev.chunks:
+                    copy.write_row(
+                        (
+                            doc_id,
+                            c.index,
+                            ev.version,
+                            ev.title,
+                            ev.text[c.start : c.end],
+                            c.start,
+                            c.end,
+                        )
+                    )

@@ -1,0 +1,178 @@
+"""The batched projection runner, on the ``eventsourcing`` library's tracking table.
+
+Many events per transaction and one tracking update: the view rows and the new position commit
+together, so a crash at any moment leaves the read model at exactly its tracked position. It
+follows new events by LISTEN on the events table's channel (the library NOTIFYs on each append),
+not by polling. After each commit it NOTIFYs ``uait_projections`` with ``name:position`` so the
+ingress can answer ``?after=`` and ``Prefer: wait`` without polling either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.persistence import IntegrityError, Tracking
+from psycopg import OperationalError
+from psycopg.sql import SQL, Identifier
+
+from events.stored import decode
+from projections.base import Envelope
+
+if TYPE_CHECKING:
+    import threading
+
+    from eventsourcing.persistence import Notification
+    from eventsourcing.postgres import (
+        PostgresApplicationRecorder,
+        PostgresDatastore,
+        PostgresTrackingRecorder,
+    )
+    from psycopg import Cursor
+
+    from projections.base import Projection
+
+log = logging.getLogger("uait.projections")
+
+POSITIONS_CHANNEL = "uait_projections"
+
+
+def to_envelopes(projection: Projection, notes: list[Notification]) -> list[Envelope]:
+    out = []
+    for n in notes:
+        if n.topic not in projection.topics:
+            continue
+        d = decode(n.topic, n.state)
+        out.append(
+            Envelope(
+                position=n.id,
+                aggregate_id=n.originator_id,
+                aggregate_version=n.originator_version,
+                event=d.event,
+                occurred_at=d.occurred_at,
+                meta=d.meta,
+            )
+        )
+    return out
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        projection: Projection,
+        recorder: PostgresApplicationRecorder,
+        tracking: PostgresTrackingRecorder,
+        *,
+        batch_size: int = 2000,
+    ) -> None:
+        self.projection = projection
+        self.recorder = recorder
+        self.tracking = tracking
+        self.batch_size = batch_size
+        self.datastore: PostgresDatastore = recorder.datastore
+
+    def setup(self) -> None:
+        with self.datastore.transaction(commit=True) as cur:
+            self.projection.create(cur)
+
+    def position(self) -> int:
+        return self.tracking.max_tracking_id(self.projection.name) or 0
+
+    def run_batch(self) -> int:
+        """Project up to ``batch_size`` events past the tracked position; returns how many."""
+        start = self.position()
+        notes = list(
+            self.recorder.select_notifications(
+                start=start, limit=self.batch_size, inclusive_of_start=False
+            )
+        )
+        if not notes:
+            return 0
+        batch = to_envelopes(self.projection, notes)
+        last = notes[-1].id
+        try:
+            with self.datastore.transaction(commit=True) as cur:
+                if batch:
+                    self.projection.apply(cur, batch)
+                # The library's single-row tracking refuses to go backwards (IntegrityError):
+                # a second runner of the same projection can never apply a batch twice.
+                self.tracking._insert_tracking(cur, Tracking(self.projection.name, last))
+                cur.execute(
+                    "SELECT pg_notify(%s, %s)",
+                    (POSITIONS_CHANNEL, f"{self.projection.name}:{last}"),
+                )
+        except IntegrityError:
+            log.warning(
+                "%s: another runner advanced past %d; skipping", self.projection.name, start
+            )
+            return 0
+        return len(notes)
+
+    def catch_up(self, stop: threading.Event | None = None) -> int:
+        total = 0
+        while not (stop and stop.is_set()):
+            n = self.run_batch()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def run_forever(self, stop: threading.Event, *, idle_wait_s: float = 5.0) -> None:
+        """Follow the events table until ``stop`` is set; survives database restarts."""
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                with self.datastore.get_connection() as listen:
+                    listen.execute(SQL("LISTEN {}").format(Identifier(self.recorder.channel_name)))
+                    backoff = 0.1
+                    while not stop.is_set():
+                        if self.run_batch() >= self.batch_size:
+                            continue
+                        # Nothing more right now: sleep until the next append is NOTIFYed.
+                        # The timeout only bounds how long a stop request waits.
+                        for _ in listen.notifies(timeout=min(idle_wait_s, 0.5), stop_after=1):
+                            pass
+            except OperationalError as exc:
+                log.warning("%s: database unavailable (%s); retrying", self.projection.name, exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def rebuild_into(
+    projection: Projection,
+    recorder: PostgresApplicationRecorder,
+    schema: str,
+    *,
+    batch_size: int = 5000,
+) -> int:
+    """Project every stored event into fresh tables in ``schema``; returns events read.
+
+    Used to check that a read model is a pure function of the event store.
+    """
+    datastore = recorder.datastore
+    with datastore.transaction(commit=True) as cur:
+        cur.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
+        cur.execute(SQL("CREATE SCHEMA {}").format(Identifier(schema)))
+        _use_schema(cur, schema)
+        projection.create(cur)
+    position = 0
+    total = 0
+    while True:
+        notes = list(
+            recorder.select_notifications(
+                start=position, limit=batch_size, inclusive_of_start=False
+            )
+        )
+        if not notes:
+            return total
+        with datastore.transaction(commit=True) as cur:
+            _use_schema(cur, schema)
+            batch = to_envelopes(projection, notes)
+            if batch:
+                projection.apply(cur, batch)
+        position = notes[-1].id
+        total += len(notes)
+
+
+def _use_schema(cur: Cursor[Any], schema: str) -> None:
+    cur.execute(SQL("SET LOCAL search_path TO {}, public").format(Identifier(schema)))
