@@ -16,6 +16,7 @@ RejectionCode = Literal[
     "unknown_type",  # unknown command type or version
     "invalid",  # the payload failed validation
     "too_large",  # over a configured limit
+    "not_found",  # the aggregate it addresses does not exist
     "domain",  # a business rule refused it (e.g. deleting a missing document)
 ]
 

@@ -159,11 +159,13 @@ class BatchProcessor:
         *,
         conflict_retries: int = 5,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_started: Callable[[list[Item]], None] | None = None,
     ) -> None:
         self.store = store
         self.decider = decider
         self.conflict_retries = conflict_retries
         self.clock = clock
+        self.on_started = on_started
 
     def process(self, records: Sequence[Record]) -> BatchReport:
         """Give every record its outcome; returns what happened. Raises only transient errors."""
@@ -178,6 +180,8 @@ class BatchProcessor:
                 continue
             seen.add(item.command_id)
             items.append(item)
+        if self.on_started is not None:
+            self.on_started(items)
         self._commit(items, report)
         return report
 

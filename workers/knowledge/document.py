@@ -25,6 +25,8 @@ class DocumentTooLargeError(DomainRuleError):
 class DocumentNotFoundError(DomainRuleError):
     """Raised when deleting a document that does not exist or is already deleted."""
 
+    code = "not_found"
+
 
 def content_hash(title: str, text: str, source: str, tags: list[str]) -> str:
     return hashlib.sha256(orjson.dumps([title, text, source, tags])).hexdigest()

@@ -1,0 +1,101 @@
+"""Submit a command: publish it, note it as accepted, and honour ``Prefer: wait=N``."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+
+from app.problems import ProblemError, problem
+from app.publisher import BrokerUnavailableError, MessageTooLargeError
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+    from app.deps import Deps
+    from events.base import Command
+
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+# How a rejected outcome is told over HTTP when the client waited for it.
+_REJECTION_STATUS = {
+    "not_found": 404,
+    "too_large": 413,
+    "domain": 409,
+    "invalid": 422,
+    "unknown_type": 422,
+    "malformed": 422,
+}
+
+
+def preferred_wait(prefer: str | None, cap: float) -> float:
+    """Seconds to wait from an RFC 7240 ``Prefer: wait=N`` header (0 when absent)."""
+    if not prefer:
+        return 0.0
+    match = _WAIT.search(prefer)
+    return min(float(match.group(1)), cap) if match else 0.0
+
+
+def status_url(request: Request, command_id: Any) -> str:
+    return str(request.url_for("get_command", command_id=str(command_id)))
+
+
+async def submit(
+    request: Request,
+    d: Deps,
+    command: Command,
+    *,
+    actor: str,
+    success_status: int,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    try:
+        envelope = await d.publisher.publish(command, actor=actor)
+    except MessageTooLargeError as exc:
+        raise ProblemError(413, "Command too large", str(exc)) from exc
+    except BrokerUnavailableError as exc:
+        raise ProblemError(
+            503,
+            "Message broker unavailable",
+            "the command was not accepted; retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
+    command_id = envelope.message_id
+    # Best effort: the worker records the same row when it starts the command.
+    await d.queries.log_accepted(
+        command_id, command.CONTEXT, command.TYPE, envelope.occurred_at or datetime.now(UTC)
+    )
+    url = status_url(request, command_id)
+    accepted = {"command_id": str(command_id), "status_url": url, **(extra or {})}
+    wait = preferred_wait(request.headers.get("prefer"), d.settings.max_wait_s)
+    headers = {"Location": url}
+    if wait <= 0:
+        return JSONResponse(accepted, status_code=202, headers=headers)
+    headers["Preference-Applied"] = f"wait={wait:g}"
+    outcome: dict[str, Any] | None = None
+
+    async def finished() -> bool:
+        nonlocal outcome
+        row = await d.queries.command(command_id)
+        if row is not None and row["status"] in ("succeeded", "rejected"):
+            outcome = row
+            return True
+        return False
+
+    await d.watcher.wait_for_check(finished, wait)
+    if outcome is None:
+        return JSONResponse(accepted, status_code=202, headers=headers)
+    body = jsonable_encoder({**outcome, **accepted})
+    if outcome["status"] == "succeeded":
+        return JSONResponse(body, status_code=success_status, headers=headers)
+    return problem(
+        _REJECTION_STATUS.get(outcome["code"] or "", 422),
+        "Command rejected",
+        outcome["reason"] or "",
+        type_=f"urn:uait:problem:rejected:{outcome['code']}",
+        headers=headers,
+        **{k: v for k, v in body.items() if k not in ("reason",)},
+    )

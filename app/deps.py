@@ -1,0 +1,26 @@
+"""What the routes need, built once by the composition root and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+    from app.positions import PositionWatcher
+    from app.publisher import CommandPublisher
+    from app.queries import Queries
+    from infra.settings import Settings
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    publisher: CommandPublisher
+    queries: Queries
+    watcher: PositionWatcher
+
+
+def deps(request: Request) -> Deps:
+    return cast("Deps", request.app.state.deps)

@@ -1,0 +1,87 @@
+"""The HTTP ingress: validate, publish commands, answer queries from the read models.
+
+No write logic lives here: every state change is a command on Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+
+import events  # noqa: F401  (registers every message type)
+from app import problems
+from app.deps import Deps
+from app.limits import BodySizeLimit
+from app.positions import PositionWatcher
+from app.publisher import BrokerUnavailableError, CommandPublisher
+from app.queries import Queries
+from app.routes import commands, knowledge
+from projections.registry import all_projections
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from infra.settings import Settings
+
+log = logging.getLogger("uait.ingress")
+
+
+def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout=settings.publish_timeout_s,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+        )
+        await pool.open(wait=False)
+        publisher = CommandPublisher(
+            kafka_bootstrap,
+            timeout_s=settings.publish_timeout_s,
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )
+        try:
+            await publisher.start()
+        except BrokerUnavailableError as exc:
+            # Start anyway: commands answer 503 until the broker is back; queries still work.
+            log.warning("starting without Kafka: %s", exc)
+        watcher = PositionWatcher(
+            database_url, {p.name: f"{p.context}_tracking" for p in all_projections()}
+        )
+        await watcher.start()
+        app.state.deps = Deps(
+            settings=settings, publisher=publisher, queries=Queries(pool), watcher=watcher
+        )
+        try:
+            yield
+        finally:
+            await watcher.stop()
+            await publisher.stop()
+            with contextlib.suppress(Exception):
+                await pool.close()
+
+    app = FastAPI(
+        title="Universal AI Tools",
+        version="0.1.0",
+        summary="Commands go to Kafka; queries read replayable projections.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(knowledge.router)
+    app.include_router(commands.router)
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, str]:
+        return {"status": "pass"}
+
+    # The largest legitimate body is one document's text plus JSON escaping and metadata.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_text_bytes * 2 + 64 * 1024)
+    return app

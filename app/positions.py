@@ -1,0 +1,103 @@
+"""Follow projection positions, for ``?after=`` and ``Prefer: wait``, without polling.
+
+One LISTEN connection per ingress process receives ``name:position`` from every projection
+commit (see ``projections.runner``); waiters sleep on an asyncio.Condition until the position
+they need is reached or their deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from projections.runner import POSITIONS_CHANNEL
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("uait.ingress")
+
+
+class PositionWatcher:
+    def __init__(self, database_url: str, tracking_tables: dict[str, str]) -> None:
+        """``tracking_tables`` maps each projection name to its context's tracking table."""
+        self.database_url = database_url
+        self.tracking_tables = tracking_tables
+        self.positions: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="position-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _load(self, conn: psycopg.AsyncConnection[object]) -> None:
+        for name, table in self.tracking_tables.items():
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                cur = await conn.execute(
+                    f'SELECT notification_id FROM "{table}" WHERE application_name = %s',
+                    (name,),
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    self._advance(name, int(row[0]))  # type: ignore[call-overload]
+
+    def _advance(self, name: str, position: int) -> None:
+        if position > self.positions.get(name, 0):
+            self.positions[name] = position
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {POSITIONS_CHANNEL}")
+                    await self._load(conn)  # after LISTEN, so no commit falls in between
+                    await self._notify_all()
+                    backoff = 0.1
+                    async for note in conn.notifies():
+                        name, _, pos = note.payload.rpartition(":")
+                        self._advance(name, int(pos))
+                        await self._notify_all()
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning("position watcher lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _notify_all(self) -> None:
+        # Wake everyone waiting on the current generation, and start a new one.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for(self, name: str, position: int, timeout: float) -> bool:
+        """True once projection ``name`` has committed ``position``; False on timeout."""
+
+        async def reached() -> bool:
+            return self.positions.get(name, 0) >= position
+
+        return await self.wait_for_check(reached, timeout)
+
+    async def wait_for_check(self, check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+        """Re-run an async ``check`` after every projection commit until true or timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            changed = self._changed  # taken before the check: no commit can slip between
+            if await check():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)

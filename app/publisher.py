@@ -1,0 +1,171 @@
+"""Publish commands to Kafka: the Python producer API, used by the ingress, the CLI and benches.
+
+Example::
+
+    from app.publisher import CommandPublisher
+    from events.knowledge.commands import IngestDocument
+
+    async with CommandPublisher("localhost:9092") as publisher:
+        envelope = await publisher.publish(
+            IngestDocument(document_id="handbook", title="Handbook", text="..."),
+            actor="service:importer",
+        )
+        print(envelope.message_id)  # the command id: GET /v1/commands/{id}
+
+Every record is keyed by the command's aggregate (``partition_key``), so commands for one
+aggregate stay in order, and is acknowledged by all in-sync replicas (``acks=all``) before
+``publish`` returns. A broker that does not answer within ``timeout_s`` raises
+``BrokerUnavailableError`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, Self
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from events.envelope import Envelope, dumps, wrap
+from events.topics import command_topic
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Sequence
+
+    from events.base import Command
+
+
+class BrokerUnavailableError(RuntimeError):
+    """Raised when the broker cannot take a command in time; the caller may retry later."""
+
+
+class MessageTooLargeError(ValueError):
+    """Raised when an envelope is over the broker's message size limit."""
+
+
+def headers_for(envelope: Envelope) -> list[tuple[str, bytes]]:
+    headers = [
+        ("message_id", str(envelope.message_id).encode()),
+        ("type", envelope.type.encode()),
+        ("version", str(envelope.version).encode()),
+        ("correlation_id", str(envelope.correlation_id).encode()),
+    ]
+    if envelope.traceparent:
+        headers.append(("traceparent", envelope.traceparent.encode()))
+    return headers
+
+
+class CommandPublisher:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        timeout_s: float = 5.0,
+        max_message_bytes: int = 1024 * 1024,
+        linger_ms: int = 2,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect; raises BrokerUnavailableError if the broker does not answer in time."""
+        await self._ensure()
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def _ensure(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    acks="all",
+                    # The dev broker has no idempotent producer; duplicates on the topic are
+                    # harmless because every command has exactly one outcome record.
+                    enable_idempotence=False,
+                    max_request_size=self.max_message_bytes,
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                    linger_ms=self._linger_ms,
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), self.timeout_s)
+                except (TimeoutError, KafkaError, OSError) as exc:
+                    await _quietly_stop(producer)
+                    raise BrokerUnavailableError(f"Kafka at {self.bootstrap}: {exc!r}") from exc
+                self._producer = producer
+        assert self._producer is not None
+        return self._producer
+
+    async def publish(
+        self,
+        command: Command,
+        *,
+        actor: str,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        traceparent: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        envelope = wrap(
+            command,
+            actor=actor,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            traceparent=traceparent,
+            message_id=message_id,
+        )
+        await self.publish_envelope(
+            envelope, command_topic(command.CONTEXT), command.partition_key()
+        )
+        return envelope
+
+    async def publish_envelope(self, envelope: Envelope, topic: str, key: str) -> None:
+        await self.send_raw(topic, dumps(envelope), key.encode(), headers_for(envelope))
+
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Any:
+        """Send bytes as they are and wait for ``acks=all``; returns the record metadata."""
+        if len(value) > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message is {len(value)} bytes; the broker limit is {self.max_message_bytes}"
+            )
+        producer = await self._ensure()
+        try:
+            future = await asyncio.wait_for(
+                producer.send(topic, value, key=key, headers=list(headers)), self.timeout_s
+            )
+            return await asyncio.wait_for(future, self.timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerUnavailableError(f"publish to {topic} failed: {exc!r}") from exc
+
+
+async def _quietly_stop(producer: AIOKafkaProducer) -> None:
+    # Best-effort cleanup of a producer that never started.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), 2.0)

@@ -1,0 +1,38 @@
+"""Command lifecycle: accepted -> processing -> succeeded | rejected."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.encoders import jsonable_encoder
+
+from app.deps import Deps, deps
+from app.problems import ProblemError
+from app.queries import BadCursorError
+
+router = APIRouter(prefix="/v1/commands", tags=["commands"])
+
+
+@router.get("/{command_id}", name="get_command")
+async def get_command(command_id: uuid.UUID, d: Annotated[Deps, Depends(deps)]) -> Any:
+    """A command's status, timestamps, attempts, error, and the store position of its outcome
+    (use it as `?after=` on queries to read your own write)."""
+    row = await d.queries.command(command_id)
+    if row is None:
+        raise ProblemError(404, "Command not found", f"no command {command_id}")
+    return jsonable_encoder(row)
+
+
+@router.get("")
+async def list_commands(
+    d: Annotated[Deps, Depends(deps)],
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Any:
+    try:
+        items, next_cursor = await d.queries.commands(cursor, limit)
+    except (BadCursorError, ValueError) as exc:
+        raise ProblemError(400, "Bad cursor", str(exc)) from exc
+    return jsonable_encoder({"items": items, "next_cursor": next_cursor})

@@ -1,0 +1,143 @@
+"""Knowledge routes: commands go to Kafka; queries read the documents and chunks read models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.commanding import submit
+from app.deps import Deps, deps
+from app.problems import ProblemError
+from app.queries import BadCursorError
+from events.ids import uuid7
+from events.knowledge.commands import DeleteDocument, DocumentId, IngestDocument, Source, Tag, Text
+from projections.documents import DocumentsProjection
+
+router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
+
+ANONYMOUS = "anonymous"
+
+
+class IngestDocumentBody(BaseModel):
+    """A document to add, or a new version of one (same ``document_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    document_id: DocumentId | None = Field(
+        default=None, description="your id for the document; generated when absent"
+    )
+    title: Annotated[Text, Field(max_length=500)]
+    text: Text
+    source: Source = ""
+    tags: Annotated[list[Tag], Field(max_length=50)] = []
+
+
+class Accepted(BaseModel):
+    command_id: str
+    status_url: str
+    document_id: str | None = None
+
+
+async def read_model_at(d: Deps, after: int | None) -> None:
+    """Read-your-writes: wait until the documents read model has reached ``after``."""
+    if after is None:
+        return
+    if not await d.watcher.wait_for(DocumentsProjection.name, after, d.settings.max_wait_s):
+        raise ProblemError(
+            503,
+            "Read model behind",
+            f"the documents read model has not reached position {after} yet",
+            type_="urn:uait:problem:read-model-behind",
+            headers={"Retry-After": "1"},
+        )
+
+
+@router.post("/documents", status_code=202, response_model=Accepted)
+async def ingest_document(
+    body: IngestDocumentBody, request: Request, d: Annotated[Deps, Depends(deps)]
+) -> JSONResponse:
+    """Publish `IngestDocument`. `Prefer: wait=N` waits up to N s for the outcome (201)."""
+    text_bytes = len(body.text.encode("utf-8", "surrogatepass"))
+    if text_bytes > d.settings.max_text_bytes:
+        raise ProblemError(
+            413,
+            "Document too large",
+            f"text is {text_bytes} bytes; the limit is {d.settings.max_text_bytes} bytes. "
+            "Split larger documents into parts (see README, 'Large documents').",
+        )
+    document_id = body.document_id or str(uuid7())
+    command = IngestDocument(
+        document_id=document_id,
+        title=body.title,
+        text=body.text,
+        source=body.source,
+        tags=body.tags,
+    )
+    return await submit(
+        request,
+        d,
+        command,
+        actor=ANONYMOUS,
+        success_status=201,
+        extra={"document_id": document_id},
+    )
+
+
+@router.delete("/documents/{document_id}", status_code=202, response_model=Accepted)
+async def delete_document(
+    document_id: DocumentId, request: Request, d: Annotated[Deps, Depends(deps)]
+) -> JSONResponse:
+    """Publish `DeleteDocument`: it leaves the read models; its history stays in the store."""
+    return await submit(
+        request,
+        d,
+        DeleteDocument(document_id=document_id),
+        actor=ANONYMOUS,
+        success_status=200,
+        extra={"document_id": document_id},
+    )
+
+
+@router.get("/documents/{document_id}")
+async def get_document(
+    document_id: DocumentId,
+    d: Annotated[Deps, Depends(deps)],
+    after: Annotated[int | None, Query(ge=0, description="wait for this position")] = None,
+    include_chunks: bool = False,
+) -> Any:
+    await read_model_at(d, after)
+    doc = await d.queries.document(document_id, with_chunks=include_chunks)
+    if doc is None:
+        raise ProblemError(404, "Document not found", f"no document {document_id!r}")
+    return jsonable_encoder(doc)
+
+
+@router.get("/documents")
+async def list_documents(
+    d: Annotated[Deps, Depends(deps)],
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> Any:
+    await read_model_at(d, after)
+    try:
+        items, next_cursor = await d.queries.documents(cursor, limit)
+    except BadCursorError as exc:
+        raise ProblemError(400, "Bad cursor", str(exc)) from exc
+    return jsonable_encoder({"items": items, "next_cursor": next_cursor})
+
+
+@router.get("/search")
+async def search(
+    d: Annotated[Deps, Depends(deps)],
+    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> Any:
+    """Full-text search over chunks; the best chunk per document, with a highlighted snippet."""
+    await read_model_at(d, after)
+    return jsonable_encoder({"query": q, "results": await d.queries.search(q, limit)})

@@ -1,0 +1,310 @@
+"""The ``uait`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+import events  # noqa: F401  (registers every message type)
+from events.base import Command, UnknownMessageTypeError, load
+from events.envelope import describe_validation_error
+from events.topics import CONTEXTS
+from infra.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, help="Universal AI Tools: event-sourced AI backend.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
+projections_app = typer.Typer(no_args_is_help=True, help="Read-model projections.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+app.add_typer(topics_app, name="topics")
+app.add_typer(projections_app, name="projections")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        console.print(f"[red]bad settings:[/red] {describe_validation_error(exc)}")
+        raise typer.Exit(2) from None
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=os.environ.get("UAIT_LOG_LEVEL", level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def _ready(settings: Settings) -> Settings:
+    from infra.runtime import prepare, require_endpoints
+
+    require_endpoints(settings)
+    prepare(settings)
+    return settings
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the SQL migrations (also done at every start)."""
+    from infra.migrate import migrate as apply
+    from infra.runtime import require_endpoints
+
+    _logging()
+    settings = _settings()
+    require_endpoints(settings)
+    applied = apply(settings.database_url)
+    console.print(f"applied {len(applied)} migration(s)")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the topics with their partition counts (also done at every start)."""
+    from infra.topics import ensure_topics, topic_specs
+
+    _logging()
+    settings = _settings()
+    created = asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap,
+            topic_specs(settings),
+            replication_factor=settings.replication_factor,
+        )
+    )
+    console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show each topic and its partition count."""
+    from infra.topics import describe_topics, topic_specs
+
+    settings = _settings()
+    specs = topic_specs(settings)
+    found = asyncio.run(describe_topics(settings.kafka_bootstrap, [s.name for s in specs]))
+    table = Table("topic", "partitions", "wanted")
+    for spec in specs:
+        table.add_row(spec.name, str(found.get(spec.name, "missing")), str(spec.partitions))
+    Console().print(table)
+
+
+@app.command()
+def worker(
+    context: Annotated[
+        list[str] | None, typer.Option(help="contexts to serve (default all)")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="max commands per transaction")] = None,
+) -> None:
+    """Consume commands, decide, and append to the event store."""
+    from infra.stack import eventsourcing_env
+    from workers.main import build_worker
+
+    _logging()
+    settings = _ready(_settings())
+    unknown = set(context or []) - set(CONTEXTS)
+    if unknown:
+        console.print(f"[red]unknown context(s):[/red] {', '.join(sorted(unknown))}")
+        raise typer.Exit(2)
+    w = build_worker(
+        settings,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        es_env=eventsourcing_env(settings.database_url),
+        contexts=context,
+        batch_size=batch_size,
+    )
+    try:
+        asyncio.run(w.app.run())
+    finally:
+        w.close()
+
+
+@projections_app.command("run")
+def projections_run(
+    name: Annotated[list[str] | None, typer.Option(help="projections to run (default all)")] = None,
+) -> None:
+    """Follow the event store and keep the read models up to date."""
+    from infra.runtime import run_projections
+
+    _logging()
+    run_projections(_ready(_settings()), names=name)
+
+
+@projections_app.command("status")
+def projections_status() -> None:
+    """Position, head and lag of every projection."""
+    from infra.runtime import projection_runners, require_endpoints
+
+    settings = _settings()
+    require_endpoints(settings)
+    runners, factories = projection_runners(settings)
+    table = Table("projection", "position", "head", "lag (events)")
+    for r in runners:
+        head = r.recorder.max_notification_id() or 0
+        pos = r.position()
+        table.add_row(r.projection.name, str(pos), str(head), str(head - pos))
+    Console().print(table)
+    for f in factories:
+        f.close()
+
+
+@app.command()
+def ingress(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from app.main import create_app
+
+    _logging()
+    settings = _ready(_settings())
+    api = create_app(
+        settings, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap
+    )
+    uvicorn.run(
+        api,
+        host=host or settings.http_host,
+        port=port if port is not None else settings.http_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def publish(
+    context: Annotated[str, typer.Argument(help="e.g. knowledge")],
+    command_json: Annotated[
+        str, typer.Argument(help='{"type": "IngestDocument", "payload": {...}}, or - for stdin')
+    ],
+    actor: Annotated[str, typer.Option(help="who sends it")] = "cli",
+) -> None:
+    """Publish one command straight to Kafka, in the same envelope the ingress uses."""
+    from app.publisher import BrokerUnavailableError, CommandPublisher
+
+    settings = _settings()
+    raw = sys.stdin.read() if command_json == "-" else command_json
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or "type" not in data or "payload" not in data:
+            raise ValueError('expected an object {"type": ..., "payload": {...}}')
+        message = load(data["type"], int(data.get("version", 1)), data["payload"])
+    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        if isinstance(exc, ValidationError):
+            exc = ValueError(describe_validation_error(exc))
+        console.print(f"[red]invalid command:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except UnknownMessageTypeError as exc:
+        console.print(f"[red]invalid command:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not isinstance(message, Command) or context != message.CONTEXT:
+        console.print(f"[red]{data['type']} is not a command of context {context!r}[/red]")
+        raise typer.Exit(2)
+
+    async def send() -> str:
+        async with CommandPublisher(
+            settings.kafka_bootstrap,
+            timeout_s=settings.publish_timeout_s,
+            max_message_bytes=settings.kafka_max_message_bytes,
+        ) as publisher:
+            envelope = await publisher.publish(message, actor=actor)
+            return str(envelope.message_id)
+
+    try:
+        command_id = asyncio.run(send())
+    except BrokerUnavailableError as exc:
+        console.print(f"[red]broker unavailable:[/red] {exc}")
+        raise typer.Exit(3) from None
+    typer.echo(command_id)
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="HTTP port of the ingress")] = 8080,
+) -> None:
+    """Embedded stack + ingress + workers + projections, in one command. Ctrl-C stops all."""
+    from infra.stack import EmbeddedStack
+
+    _logging()
+    settings = _settings()
+    with EmbeddedStack(settings) as endpoints:
+        env = {
+            **os.environ,
+            "UAIT_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+            "UAIT_DATABASE_URL": endpoints.database_url,
+            "UAIT_REDIS_URL": endpoints.redis_url,
+        }
+        os.environ.update(env)
+        _ready(Settings())
+        exe = [sys.executable, "-m", "infra.cli"]
+        children = [
+            subprocess.Popen([*exe, "worker"], env=env),
+            subprocess.Popen([*exe, "projections", "run"], env=env),
+            subprocess.Popen([*exe, "ingress", "--port", str(port)], env=env),
+        ]
+        console.print(
+            f"\n[bold green]uait dev is up[/bold green]\n"
+            f"  API       http://{settings.http_host}:{port}  (docs: /docs)\n"
+            f"  Kafka     {endpoints.kafka_bootstrap}\n"
+            f"  Postgres  {endpoints.database_url}\n"
+            f"  Redis     {endpoints.redis_url}\n"
+            "Ctrl-C stops everything.\n"
+        )
+        try:
+            while all(c.poll() is None for c in children):
+                time.sleep(0.5)
+            console.print("[red]a process exited; stopping[/red]")
+        except KeyboardInterrupt:
+            console.print("stopping…")
+        finally:
+            for c in children:
+                if c.poll() is None:
+                    c.send_signal(signal.SIGTERM)
+            for c in children:
+                try:
+                    c.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    c.kill()
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    commands: Annotated[int, typer.Option(help="small documents to ingest")] = 100_000,
+    baseline_commands: Annotated[
+        int, typer.Option(help="commands for the batch-size-1 run")
+    ] = 5_000,
+    paced_rate: Annotated[int, typer.Option(help="commands/s of the latency run")] = 500,
+    paced_seconds: Annotated[int, typer.Option(help="length of the latency run")] = 10,
+) -> None:
+    """Publish -> worker -> event store -> projection throughput, batched vs one per txn."""
+    from bench.pipeline import main as run_bench
+
+    _logging("WARNING")
+    run_bench(
+        commands=commands,
+        baseline_commands=baseline_commands,
+        paced_rate=paced_rate,
+        paced_seconds=paced_seconds,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The composition root: start-up steps shared by every process (migrations, topics, tables)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from eventsourcing.postgres import PostgresApplicationRecorder
+
+from infra.migrate import migrate
+from infra.stack import eventsourcing_env
+from infra.topics import ensure_topics, topic_specs
+from projections.registry import all_projections
+from projections.runner import ProjectionRunner
+from workers.eventstore import open_factory
+
+if TYPE_CHECKING:
+    from eventsourcing.postgres import PostgresFactory
+
+    from infra.settings import Settings
+
+log = logging.getLogger("uait")
+
+
+def require_endpoints(settings: Settings) -> None:
+    missing = [
+        name
+        for name, value in (
+            ("UAIT_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+            ("UAIT_DATABASE_URL", settings.database_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise SystemExit(
+            f"{', '.join(missing)} not set: run `uait dev` for the embedded stack, "
+            "or point these settings at your services"
+        )
+
+
+def prepare(settings: Settings) -> None:
+    """Apply migrations and provision topics (both idempotent; every process runs them)."""
+    migrate(settings.database_url)
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap,
+            topic_specs(settings),
+            replication_factor=settings.replication_factor,
+        )
+    )
+
+
+def projection_runners(
+    settings: Settings, *, names: list[str] | None = None
+) -> tuple[list[ProjectionRunner], list[PostgresFactory]]:
+    es_env = eventsourcing_env(settings.database_url)
+    factories: dict[str, PostgresFactory] = {}
+    runners = []
+    for projection in all_projections():
+        if names and projection.name not in names:
+            continue
+        factory = factories.get(projection.context)
+        if factory is None:
+            factory = factories[projection.context] = open_factory(
+                projection.context, es_env, pool_size=2 + len(all_projections()) * 2
+            )
+        recorder = factory.application_recorder()
+        assert isinstance(recorder, PostgresApplicationRecorder)
+        runner = ProjectionRunner(
+            projection,
+            recorder,
+            factory.tracking_recorder(),
+            batch_size=settings.projection_batch_size,
+        )
+        runner.setup()
+        runners.append(runner)
+    return runners, list(factories.values())
+
+
+def run_projections(settings: Settings, names: list[str] | None = None) -> None:
+    """Follow every projection in its own thread until SIGINT/SIGTERM."""
+    runners, factories = projection_runners(settings, names=names)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("projections: stopping on signal %d", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = [
+        threading.Thread(target=r.run_forever, args=(stop,), name=r.projection.name, daemon=True)
+        for r in runners
+    ]
+    for t in threads:
+        t.start()
+    log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
+    while not stop.is_set():
+        stop.wait(0.5)
+    for t in threads:
+        t.join(timeout=10)
+    for f in factories:
+        f.close()

@@ -1,0 +1,33 @@
+"""Shared fixtures: one set of real services for the whole test session."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import TYPE_CHECKING
+
+import pytest
+
+from infra.settings import Settings
+from infra.stack import EmbeddedStack, Endpoints, create_database, drop_database
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@pytest.fixture(scope="session")
+def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    """Kafka, PostgreSQL and Redis for the session, with a database of its own.
+
+    Services named by UAIT_KAFKA_BOOTSTRAP / UAIT_DATABASE_URL / UAIT_REDIS_URL are
+    used as they are; the others are started under a temporary dir, so tests never
+    touch dev data. The random database keeps a shared external server clean.
+    """
+    stack = EmbeddedStack(Settings(), data_dir=tmp_path_factory.mktemp("stack"))
+    with stack as server:
+        dbname = f"uait_test_{secrets.token_hex(6)}"
+        database_url = create_database(server.database_url, dbname)
+        try:
+            yield dataclasses.replace(server, database_url=database_url)
+        finally:
+            drop_database(server.database_url, dbname)

@@ -1,0 +1,72 @@
+"""The worker process: every context's command subscriber, registered in one place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+import events  # noqa: F401  (registers every message type)
+from workers.batch import BatchProcessor
+from workers.command_log import mark_started
+from workers.eventstore import EventStore, open_factory
+from workers.knowledge.handlers import KnowledgeDecider
+from workers.subscriber import command_router
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from workers.batch import Decider
+
+log = logging.getLogger("uait.worker")
+
+
+def deciders(settings: Settings) -> dict[str, Decider]:
+    """Every context's decision logic. Add a context here and in ``events.topics.CONTEXTS``."""
+    return {
+        "knowledge": KnowledgeDecider(
+            max_text_bytes=settings.max_text_bytes,
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+        ),
+    }
+
+
+@dataclass
+class Worker:
+    broker: KafkaBroker
+    app: FastStream
+    stores: dict[str, EventStore] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.factory.close()
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    kafka_bootstrap: str,
+    es_env: dict[str, str],
+    contexts: list[str] | None = None,
+    batch_size: int | None = None,
+) -> Worker:
+    if batch_size is not None:
+        settings = settings.model_copy(update={"worker_batch_size": batch_size})
+    broker = KafkaBroker(kafka_bootstrap, client_id="uait-worker")
+    stores: dict[str, EventStore] = {}
+    for context, decider in deciders(settings).items():
+        if contexts and context not in contexts:
+            continue
+        store = EventStore(context, open_factory(context, es_env))
+        stores[context] = store
+        processor = BatchProcessor(
+            store,
+            decider,
+            on_started=lambda items, ds=store.datastore, c=context: mark_started(ds, c, items),
+        )
+        broker.include_router(command_router(context, processor, settings))
+        log.info("worker subscribed to context %s", context)
+    return Worker(broker=broker, app=FastStream(broker), stores=stores)
