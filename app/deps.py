@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-if TYPE_CHECKING:
-    from fastapi import Request
+from fastapi import Request  # noqa: TC002  (FastAPI resolves this annotation at runtime)
 
+if TYPE_CHECKING:
     from app.positions import PositionWatcher
     from app.publisher import CommandPublisher
     from app.queries import Queries

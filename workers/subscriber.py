@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("uait.worker")
 
 
+async def _no_decoding(message: KafkaMessage) -> None:
+    return None
+
+
 def group_id(context: str) -> str:
     return f"uait.workers.{context}"
 
@@ -45,10 +49,11 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
         session_timeout_ms=settings.worker_session_timeout_ms,
         heartbeat_interval_ms=max(settings.worker_session_timeout_ms // 4, 500),
         max_partition_fetch_bytes=max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
+        # Hand the records over untouched: the envelope parser decides what is malformed, and
+        # nothing FastStream validates can turn a bad record into an endless redelivery.
+        decoder=_no_decoding,
     )
-    async def handle_commands(
-        body: list[bytes], message: KafkaMessage = Context("message")
-    ) -> None:
+    async def handle_commands(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message
         records = [
             Record(r.topic, r.partition, r.offset, r.value, r.key)
