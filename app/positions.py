@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -40,7 +40,7 @@ class PositionWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _load(self, conn: psycopg.AsyncConnection[object]) -> None:
+    async def _load(self, conn: psycopg.AsyncConnection[Any]) -> None:
         for name, table in self.tracking_tables.items():
             with contextlib.suppress(psycopg.errors.UndefinedTable):
                 cur = await conn.execute(
@@ -49,7 +49,7 @@ class PositionWatcher:
                 )
                 row = await cur.fetchone()
                 if row is not None:
-                    self._advance(name, int(row[0]))  # type: ignore[call-overload]
+                    self._advance(name, int(row[0]))
 
     def _advance(self, name: str, position: int) -> None:
         if position > self.positions.get(name, 0):

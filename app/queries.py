@@ -34,8 +34,9 @@ class Queries:
     async def _all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql, params)
-            return await cur.fetchall()
+            await cur.execute(sql.encode(), params)
+            rows: list[dict[str, Any]] = await cur.fetchall()
+            return rows
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         rows = await self._all(sql, params)

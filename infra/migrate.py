@@ -70,7 +70,7 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[Migrati
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(migration.sql)  # type: ignore[arg-type]
+                    conn.execute(migration.sql.encode())
                     conn.execute(
                         "INSERT INTO uait_schema_migrations (version, name, checksum)"
                         " VALUES (%s, %s, %s)",

@@ -72,7 +72,8 @@ class Streams(Protocol):
 class Decider(Protocol):
     """A context's decision logic: which streams a command needs, and what it records."""
 
-    context: str
+    @property
+    def context(self) -> str: ...
 
     def stream_ids(self, command: Command) -> list[uuid.UUID]: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -65,7 +66,7 @@ def build_worker(
         processor = BatchProcessor(
             store,
             decider,
-            on_started=lambda items, ds=store.datastore, c=context: mark_started(ds, c, items),
+            on_started=functools.partial(mark_started, store.datastore, context),
         )
         broker.include_router(command_router(context, processor, settings))
         log.info("worker subscribed to context %s", context)
