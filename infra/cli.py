@@ -50,11 +50,11 @@ def _logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
-def _ready(settings: Settings) -> Settings:
+def _ready(settings: Settings, *, need_kafka: bool = True) -> Settings:
     from infra.runtime import prepare, require_endpoints
 
     require_endpoints(settings)
-    prepare(settings)
+    prepare(settings, need_kafka=need_kafka)
     return settings
 
 
@@ -140,7 +140,7 @@ def projections_run(
     from infra.runtime import run_projections
 
     _logging()
-    run_projections(_ready(_settings()), names=name)
+    run_projections(_ready(_settings(), need_kafka=False), names=name)
 
 
 @projections_app.command("status")
@@ -172,7 +172,7 @@ def ingress(
     from app.main import create_app
 
     _logging()
-    settings = _ready(_settings())
+    settings = _ready(_settings(), need_kafka=False)
     api = create_app(
         settings, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap
     )

@@ -41,16 +41,26 @@ def require_endpoints(settings: Settings) -> None:
         )
 
 
-def prepare(settings: Settings) -> None:
-    """Apply migrations and provision topics (both idempotent; every process runs them)."""
+def prepare(settings: Settings, *, need_kafka: bool = True) -> None:
+    """Apply migrations and provision topics (both idempotent; every process runs them).
+
+    The ingress passes ``need_kafka=False``: it must start, and answer queries and 503s, while
+    the broker is down.
+    """
     migrate(settings.database_url)
-    asyncio.run(
-        ensure_topics(
-            settings.kafka_bootstrap,
-            topic_specs(settings),
-            replication_factor=settings.replication_factor,
+    try:
+        asyncio.run(
+            ensure_topics(
+                settings.kafka_bootstrap,
+                topic_specs(settings),
+                replication_factor=settings.replication_factor,
+                timeout_s=10 if need_kafka else 3,
+            )
         )
-    )
+    except Exception as exc:
+        if need_kafka:
+            raise
+        log.warning("could not provision topics (%s); continuing without Kafka", exc)
 
 
 def projection_runners(

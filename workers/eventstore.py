@@ -8,10 +8,11 @@ contexts, and positions (notification ids) are per context.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
-from eventsourcing.utils import Environment
+from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
@@ -41,16 +42,34 @@ def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> Po
     return PostgresFactory(Environment(name=context, env=env))
 
 
+class BatchRecorder(PostgresApplicationRecorder):
+    """The library's application recorder, appending without libpq pipeline mode.
+
+    Same statements, same transaction (EXCLUSIVE table lock, NOTIFY, one INSERT from an array),
+    but psycopg's pipeline mode deadlocks on large batches here — the client waits in
+    ``Pipeline.sync`` while the server waits for the rest of the query (psycopg#685) — so a
+    batch of a few hundred documents would hang the worker forever.
+    """
+
+    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        if not stored_events:
+            return []
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._insert_events(curs, stored_events, **kwargs)
+            self._insert_stored_events(curs, stored_events, **kwargs)
+            return list(self._fetch_ids_after_insert_events(curs, stored_events) or [])
+
+
 class EventStore:
     """Append and load events of one context."""
 
     def __init__(self, context: str, factory: PostgresFactory) -> None:
         self.context = context
         self.factory = factory
-        recorder = factory.application_recorder()
-        assert isinstance(recorder, PostgresApplicationRecorder)
-        self.recorder: PostgresApplicationRecorder = recorder
-        self.table = recorder.events_table_name
+        self.recorder = BatchRecorder(factory.datastore, events_table_name=f"{context}_events")
+        self.recorder.create_table()
+        self.table = self.recorder.events_table_name
         self._select_streams = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {} "
             "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"

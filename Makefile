@@ -1,0 +1,56 @@
+# Universal AI Tools: the entry points for development and CI.
+#
+# A fresh machine needs only python3.11 with pip: `make setup` installs uv (with pip) when it is
+# not on PATH, then the locked dependencies into .venv. Every other target runs setup first.
+# The tests and `make run` start their own embedded Kafka (Tansu), PostgreSQL and Redis.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# uv from PATH when it answers; otherwise the copy that `make setup` installs with pip.
+UV := $(shell uv --version >/dev/null 2>&1 && echo uv || echo "$(PYTHON) -m uv")
+UV_RUN := $(UV) run --frozen
+PYTEST := $(UV_RUN) pytest -q -p no:cacheprovider
+
+.PHONY: help setup run test test-unit lint bench clean
+
+help:
+	@echo "make setup      install uv (if missing) and the locked dependencies into .venv"
+	@echo "make run        embedded stack + worker + projections + ingress (Ctrl-C stops)"
+	@echo "make test       lint, then every test: unit, integration, e2e"
+	@echo "make test-unit  tests/unit only"
+	@echo "make lint       ruff check, ruff format --check, mypy"
+	@echo "make bench      the pipeline benchmark"
+	@echo "make clean      remove .venv, .uait and caches"
+
+setup:
+	@if ! $(UV) --version >/dev/null 2>&1; then \
+		echo "uv not found: installing it with pip"; \
+		$(PYTHON) -m pip install --quiet uv \
+			|| $(PYTHON) -m pip install --quiet --break-system-packages uv; \
+	fi
+	$(UV) sync --frozen --python 3.11
+
+run: setup
+	$(UV_RUN) uait dev
+
+lint: setup
+	$(UV_RUN) ruff check .
+	$(UV_RUN) ruff format --check .
+	$(UV_RUN) mypy
+
+test: lint
+	$(PYTEST)
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+bench: setup
+	$(UV_RUN) uait bench pipeline
+
+clean:
+	rm -rf .venv .uait .pytest_cache .mypy_cache .ruff_cache dist build
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -maxdepth 1 -name '*.egg-info' -exec rm -rf {} +
