@@ -97,5 +97,7 @@ async def submit(
         outcome["reason"] or "",
         type_=f"urn:uait:problem:rejected:{outcome['code']}",
         headers=headers,
-        **{k: v for k, v in body.items() if k not in ("reason",)},
+        # The problem's own members (status, detail, ...) win over the outcome's fields.
+        outcome_status=outcome["status"],
+        **{k: v for k, v in body.items() if k not in ("reason", "status", "detail", "type")},
     )

@@ -103,7 +103,7 @@ class Queries:
                    COALESCE(o.status,
                             CASE WHEN l.started_at IS NULL THEN 'accepted' ELSE 'processing' END)
                        AS status,
-                   l.accepted_at, l.started_at, o.recorded_at AS finished_at,
+                   l.accepted_at, l.started_at, l.last_attempt_at, o.recorded_at AS finished_at,
                    COALESCE(l.attempts, 0) AS attempts, o.code, o.reason, o.detail,
                    o.aggregate_id, o.position, o.correlation_id
             FROM command_outcomes o FULL JOIN command_log l USING (command_id)

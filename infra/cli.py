@@ -234,13 +234,14 @@ def publish(
 
 @app.command()
 def dev(
-    port: Annotated[int, typer.Option(help="HTTP port of the ingress")] = 8080,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default UAIT_HTTP_PORT)")] = None,
 ) -> None:
     """Embedded stack + ingress + workers + projections, in one command. Ctrl-C stops all."""
     from infra.stack import EmbeddedStack
 
     _logging()
     settings = _settings()
+    port = port if port is not None else settings.http_port
     with EmbeddedStack(settings) as endpoints:
         env = {
             **os.environ,

@@ -63,6 +63,7 @@ class DocumentsProjection:
         # The last event per document wins within a batch; created_at survives new versions.
         final: dict[str, tuple[Envelope, DocumentIngested] | None] = {}
         first_seen: dict[str, Any] = {}
+        deleted: set[str] = set()  # a deletion in this batch ends the row's life, even if re-added
         for env in batch:
             event = env.event
             if isinstance(event, DocumentIngested):
@@ -71,11 +72,12 @@ class DocumentsProjection:
             elif isinstance(event, DocumentDeleted):
                 final[event.document_id] = None
                 first_seen.pop(event.document_id, None)
+                deleted.add(event.document_id)
         if not final:
             return
         touched = list(final)
         cur.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (touched,))
-        gone = [doc_id for doc_id, state in final.items() if state is None]
+        gone = list(deleted)
         if gone:
             cur.execute("DELETE FROM documents WHERE document_id = ANY(%s)", (gone,))
         rows = []

@@ -15,13 +15,14 @@ if TYPE_CHECKING:
     from workers.batch import Item
 
 _UPSERT = """
-INSERT INTO command_log (command_id, context, command_type, accepted_at, started_at, attempts,
-                         kafka_partition, kafka_offset)
-SELECT id, %s, type, accepted, %s, 1, part, off
+INSERT INTO command_log (command_id, context, command_type, accepted_at, started_at,
+                         last_attempt_at, attempts, kafka_partition, kafka_offset)
+SELECT id, %s, type, accepted, %s, %s, 1, part, off
 FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::int[], %s::bigint[])
      AS t(id, type, accepted, part, off)
 ON CONFLICT (command_id) DO UPDATE SET
     started_at = COALESCE(command_log.started_at, EXCLUDED.started_at),
+    last_attempt_at = EXCLUDED.last_attempt_at,
     attempts = command_log.attempts + 1,
     kafka_partition = EXCLUDED.kafka_partition,
     kafka_offset = EXCLUDED.kafka_offset
@@ -41,4 +42,4 @@ def mark_started(datastore: PostgresDatastore, context: str, items: list[Item]) 
         parts.append(item.record.partition)
         offsets.append(item.record.offset)
     with datastore.get_connection() as conn:
-        conn.execute(_UPSERT, (context, now, ids, types, accepted, parts, offsets))
+        conn.execute(_UPSERT, (context, now, now, ids, types, accepted, parts, offsets))

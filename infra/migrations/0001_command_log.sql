@@ -6,7 +6,8 @@ CREATE TABLE IF NOT EXISTS command_log (
     context      text NOT NULL,
     command_type text NOT NULL,
     accepted_at  timestamptz NOT NULL,
-    started_at   timestamptz,
+    started_at   timestamptz,   -- first attempt
+    last_attempt_at timestamptz,
     attempts     integer NOT NULL DEFAULT 0,
     last_error   text,
     kafka_partition integer,

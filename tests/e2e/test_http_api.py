@@ -72,9 +72,11 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def wait_for_status(api: httpx.Client, url: str, wanted: str, timeout_s: float = 20) -> dict:
+def wait_for_status(
+    api: httpx.Client, url: str, wanted: str, timeout_s: float = 20
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    seen = None
+    seen: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         response = api.get(url)
         assert response.status_code == 200, response.text
@@ -219,29 +221,15 @@ def test_a_deleted_document_is_gone_and_deleting_it_again_is_rejected_as_not_fou
     assert_problem(missing, 404)
     assert search(api, word, position) == []
 
-    # Without Prefer, so the rejection is read from the command's status (see the xfail below).
-    again = api.delete(f"{DOCUMENTS}/{doc_id}")
-    assert again.status_code == 202, again.text
-    rejected = wait_for_status(api, again.json()["status_url"], "rejected")
-    assert rejected["code"] == "not_found"
-    assert "does not exist" in rejected["reason"]
-    assert rejected["finished_at"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/commanding.py submit(): problem() gets 'status' and 'detail' twice (from the "
-    "outcome row), so a rejected outcome waited for with Prefer is a 500",
-)
-def test_a_rejected_command_waited_for_is_a_404_problem_with_its_code_and_reason(
-    own_client: httpx.Client,
-) -> None:
-    response = own_client.delete(f"{DOCUMENTS}/{new_id('never')}", headers=WAIT)
-    body = assert_problem(response, 404)
+    again = api.delete(f"{DOCUMENTS}/{doc_id}", headers=WAIT)
+    body = assert_problem(again, 404)
     assert body["type"] == "urn:uait:problem:rejected:not_found"
     assert body["code"] == "not_found"
     assert "does not exist" in body["detail"]
-    uuid.UUID(body["command_id"])
+    assert body["command_id"] != deleted.json()["command_id"]
+    rejected = api.get(again.headers["location"]).json()
+    assert rejected["status"] == "rejected"
+    assert rejected["code"] == "not_found"
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -313,19 +301,12 @@ def test_a_body_far_over_the_limit_is_refused_before_it_is_parsed(api: httpx.Cli
     assert_problem(response, 413)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/limits.py BodySizeLimit: the error raised while FastAPI reads a chunked body is "
-    "caught by FastAPI and answered 400 'error parsing the body'",
-)
-def test_a_chunked_body_over_the_limit_is_a_413_problem(own_client: httpx.Client) -> None:
+def test_a_chunked_body_over_the_limit_is_a_413_problem(api: httpx.Client) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(40):  # 2.5 MiB, no Content-Length
             yield b"x" * (64 * 1024)
 
-    response = own_client.post(
-        DOCUMENTS, content=chunks(), headers={"content-type": "application/json"}
-    )
+    response = api.post(DOCUMENTS, content=chunks(), headers={"content-type": "application/json"})
     assert_problem(response, 413)
 
 
@@ -370,8 +351,11 @@ def test_a_command_id_that_is_not_a_uuid_is_a_422_problem(api: httpx.Client) -> 
 # -- paging ------------------------------------------------------------------------------------
 
 
-def page_through(api: httpx.Client, path: str, limit: int, **params: Any) -> list[list[dict]]:
-    pages: list[list[dict]] = []
+Page = list[dict[str, Any]]
+
+
+def page_through(api: httpx.Client, path: str, limit: int, **params: Any) -> list[Page]:
+    pages: list[Page] = []
     cursor = None
     for _ in range(1000):
         query = {"limit": limit, **params, **({"cursor": cursor} if cursor else {})}
@@ -473,11 +457,12 @@ def test_reading_at_a_position_far_ahead_is_a_503_problem_after_the_wait_cap(
     ingress = start_ingress(UAIT_MAX_WAIT_S="1")
     far = 10**12
     with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
-        for path, params in [
+        reads: list[tuple[str, dict[str, Any]]] = [
             (SEARCH, {"q": "anything", "after": far}),
             (f"{DOCUMENTS}/{new_id()}", {"after": far}),
             (DOCUMENTS, {"after": far}),
-        ]:
+        ]
+        for path, params in reads:
             started = time.monotonic()
             response = client.get(path, params=params)
             elapsed = time.monotonic() - started
