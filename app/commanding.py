@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 
 from app.problems import ProblemError, problem
 from app.publisher import BrokerUnavailableError, MessageTooLargeError
@@ -17,6 +20,8 @@ if TYPE_CHECKING:
 
     from app.deps import Deps
     from events.base import Command
+
+log = logging.getLogger("uait.ingress")
 
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
@@ -64,10 +69,14 @@ async def submit(
             headers={"Retry-After": "5"},
         ) from exc
     command_id = envelope.message_id
-    # Best effort: the worker records the same row when it starts the command.
-    await d.queries.log_accepted(
-        command_id, command.CONTEXT, command.TYPE, envelope.occurred_at or datetime.now(UTC)
-    )
+    # Best effort: the command is already on Kafka, and the worker records the same row when
+    # it starts it. Failing here would make a retrying client send the command twice.
+    try:
+        await d.queries.log_accepted(
+            command_id, command.CONTEXT, command.TYPE, envelope.occurred_at or datetime.now(UTC)
+        )
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("could not note command %s as accepted: %s", command_id, exc)
     url = status_url(request, command_id)
     accepted = {"command_id": str(command_id), "status_url": url, **(extra or {})}
     wait = preferred_wait(request.headers.get("prefer"), d.settings.max_wait_s)

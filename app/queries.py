@@ -22,9 +22,13 @@ def encode_cursor(value: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        value = raw.decode()
     except (ValueError, UnicodeDecodeError):
         raise BadCursorError("invalid cursor") from None
+    if not value or "\x00" in value:
+        raise BadCursorError("invalid cursor")
+    return value
 
 
 class Queries:

@@ -20,6 +20,7 @@ from projections.documents import DocumentsProjection
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
 
 ANONYMOUS = "anonymous"
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
 
 
 class IngestDocumentBody(BaseModel):
@@ -61,7 +62,7 @@ async def ingest_document(
     body: IngestDocumentBody, request: Request, d: Annotated[Deps, Depends(deps)]
 ) -> JSONResponse:
     """Publish `IngestDocument`. `Prefer: wait=N` waits up to N s for the outcome (201)."""
-    text_bytes = len(body.text.encode("utf-8", "surrogatepass"))
+    text_bytes = len(body.text.encode("utf-8"))
     if text_bytes > d.settings.max_text_bytes:
         raise ProblemError(
             413,
@@ -134,7 +135,9 @@ async def list_documents(
 @router.get("/search")
 async def search(
     d: Annotated[Deps, Depends(deps)],
-    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    q: Annotated[
+        str, Query(min_length=1, max_length=1000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+    ],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:

@@ -13,12 +13,16 @@ DocumentId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _no_control_characters(value: str) -> str:
     # PostgreSQL text cannot hold NUL, and other C0 controls are never meaningful in a document.
     if _CONTROL.search(value):
         raise ValueError("control characters are not allowed (tab, newline and CR are)")
+    # A lone surrogate (JSON "\ud800") is not a character and cannot be encoded as UTF-8.
+    if _SURROGATE.search(value):
+        raise ValueError("unpaired surrogate code points are not allowed")
     return value
 
 

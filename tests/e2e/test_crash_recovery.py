@@ -207,10 +207,13 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(crash_setti
         deadline = time.monotonic() + 180
         with psycopg.connect(s.database_url, autocommit=True) as conn:
             while True:
-                row = conn.execute(
-                    "SELECT count(*) FROM command_outcomes WHERE command_id = ANY(%s)",
-                    (accepted,),
-                ).fetchone()
+                try:
+                    row = conn.execute(
+                        "SELECT count(*) FROM command_outcomes WHERE command_id = ANY(%s)",
+                        (accepted,),
+                    ).fetchone()
+                except psycopg.errors.UndefinedTable:  # projections still starting
+                    row = (0,)
                 done = row[0] if row else 0
                 if done == len(set(accepted)):
                     break

@@ -310,11 +310,6 @@ def test_a_chunked_body_over_the_limit_is_a_413_problem(api: httpx.Client) -> No
     assert_problem(response, 413)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events/knowledge/commands.py Text: a lone surrogate passes validation and orjson "
-    "fails to serialise the envelope (500)",
-)
 def test_a_text_with_a_lone_surrogate_is_a_422_problem(own_client: httpx.Client) -> None:
     response = own_client.post(
         DOCUMENTS,
@@ -324,10 +319,6 @@ def test_a_text_with_a_lone_surrogate_is_a_422_problem(own_client: httpx.Client)
     assert_problem(response, 422)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/routes/knowledge.py search(): q with a NUL character reaches PostgreSQL (500)",
-)
 def test_a_search_query_with_a_nul_character_is_a_422_problem(own_client: httpx.Client) -> None:
     assert_problem(own_client.get(SEARCH, params={"q": "a\x00b"}), 422)
 
@@ -392,11 +383,6 @@ def test_a_cursor_not_made_by_the_api_is_a_400_problem(api: httpx.Client, cursor
     assert_problem(api.get(COMMANDS, params={"cursor": cursor}), 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/queries.py Queries.documents(): a cursor decoding to text with NUL reaches "
-    "PostgreSQL, which refuses it (500 instead of 400)",
-)
 def test_a_cursor_hiding_a_nul_character_is_a_400_problem(own_client: httpx.Client) -> None:
     assert_problem(own_client.get(DOCUMENTS, params={"cursor": "AA"}), 400)  # base64 of "\x00"
 
