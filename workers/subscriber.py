@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("uait.worker")
 
 
+class Backoff:
+    """Exponential backoff with full jitter, capped, for redelivering a failed batch."""
+
+    def __init__(self, base_s: float = 0.2, cap_s: float = 10.0) -> None:
+        self.base_s, self.cap_s, self.failures = base_s, cap_s, 0
+
+    def failed(self) -> float:
+        self.failures += 1
+        return random.uniform(0, min(self.cap_s, self.base_s * 2**self.failures))  # noqa: S311
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 async def _no_decoding(message: KafkaMessage) -> None:
     return None
 
@@ -37,6 +52,7 @@ def group_id(context: str) -> str:
 
 def command_router(context: str, processor: BatchProcessor, settings: Settings) -> KafkaRouter:
     router = KafkaRouter()
+    backoff = Backoff()
 
     @router.subscriber(
         command_topic(context),
@@ -60,8 +76,19 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
             for r in (raw if isinstance(raw, tuple) else (raw,))
         ]
         started = time.perf_counter()
-        # The event store client is synchronous: keep it off the event loop.
-        report = await asyncio.to_thread(processor.process, records)
+        try:
+            # The event store client is synchronous: keep it off the event loop.
+            report = await asyncio.to_thread(processor.process, records)
+        except Exception:
+            # Transient (database down, a conflict that kept coming back): nothing of the batch
+            # is acknowledged. Wait before the NACK redelivers it, so an outage is not a hot loop.
+            delay = backoff.failed()
+            log.exception(
+                "%s: batch of %d failed; retrying in %.1f s", context, len(records), delay
+            )
+            await asyncio.sleep(delay)
+            raise
+        backoff.reset()
         log.debug(
             "%s: %d records -> %d succeeded, %d rejected, %d duplicate, %d splits in %.1f ms",
             context,
