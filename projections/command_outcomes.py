@@ -78,14 +78,12 @@ class CommandOutcomesProjection:
                 )
             )
         if rows:
-            # An outcome is recorded once per command, so a conflict here can only be a replay
-            # of the same event: keep the first.
-            cur.executemany(
-                """
-                INSERT INTO command_outcomes (command_id, context, command_type, status, code,
-                    reason, detail, aggregate_id, correlation_id, actor, position, recorded_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (command_id) DO NOTHING
-                """,
-                rows,
-            )
+            # Plain COPY, no upsert: the event store holds one outcome per command and the
+            # runner applies each event once, so a conflict here is a bug that must stop the
+            # projection rather than be skipped.
+            with cur.copy(
+                "COPY command_outcomes (command_id, context, command_type, status, code, reason,"
+                " detail, aggregate_id, correlation_id, actor, position, recorded_at) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)

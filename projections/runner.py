@@ -70,6 +70,7 @@ class ProjectionRunner:
         self.tracking = tracking
         self.batch_size = batch_size
         self.datastore: PostgresDatastore = recorder.datastore
+        self._position: int | None = None  # cached; re-read after a start or a conflict
 
     def setup(self) -> None:
         with self.datastore.transaction(commit=True) as cur:
@@ -78,9 +79,14 @@ class ProjectionRunner:
     def position(self) -> int:
         return self.tracking.max_tracking_id(self.projection.name) or 0
 
+    def _current(self) -> int:
+        if self._position is None:
+            self._position = self.position()
+        return self._position
+
     def run_batch(self) -> int:
         """Project up to ``batch_size`` events past the tracked position; returns how many."""
-        start = self.position()
+        start = self._current()
         notes = list(
             self.recorder.select_notifications(
                 start=start, limit=self.batch_size, inclusive_of_start=False
@@ -102,10 +108,13 @@ class ProjectionRunner:
                     (POSITIONS_CHANNEL, f"{self.projection.name}:{last}"),
                 )
         except IntegrityError:
-            log.warning(
-                "%s: another runner advanced past %d; skipping", self.projection.name, start
-            )
+            log.warning("%s: another runner moved past %d", self.projection.name, start)
+            self._position = None
             return 0
+        except BaseException:
+            self._position = None
+            raise
+        self._position = last
         return len(notes)
 
     def catch_up(self, stop: threading.Event | None = None) -> int:

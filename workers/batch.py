@@ -122,9 +122,19 @@ class BatchReport:
 
 
 class _StreamCache:
+    """The aggregates of one batch. Each decision sees the effects of the ones before it.
+
+    ``begin`` starts a decision; ``get`` notes how many pending events an aggregate had when the
+    decision first touched it, so ``recorded`` and ``rollback`` cost only what it touched.
+    """
+
     def __init__(self, histories: dict[uuid.UUID, list[Event]]) -> None:
         self._histories = histories
         self._loaded: dict[uuid.UUID, Aggregate] = {}
+        self._marks: dict[uuid.UUID, int] = {}
+
+    def begin(self) -> None:
+        self._marks = {}
 
     def get(self, aggregate_id: uuid.UUID, cls: type[AggregateT]) -> AggregateT:
         aggregate = self._loaded.get(aggregate_id)
@@ -132,18 +142,21 @@ class _StreamCache:
             aggregate = cls.replay(aggregate_id, self._histories.get(aggregate_id, ()))
             self._loaded[aggregate_id] = aggregate
         assert isinstance(aggregate, cls)
+        self._marks.setdefault(aggregate_id, len(aggregate.pending))
         return aggregate
 
-    def aggregates(self) -> list[Aggregate]:
-        return list(self._loaded.values())
+    def recorded(self) -> list[tuple[uuid.UUID, int, Event]]:
+        """The events recorded since ``begin``."""
+        return [
+            (aggregate_id, version, event)
+            for aggregate_id, mark in self._marks.items()
+            for version, event in self._loaded[aggregate_id].pending[mark:]
+        ]
 
-    def marks(self) -> dict[uuid.UUID, int]:
-        return {a.id: len(a.pending) for a in self._loaded.values()}
-
-    def rollback(self, marks: dict[uuid.UUID, int]) -> None:
-        """Undo what was recorded since ``marks``: replay history and the events kept."""
-        for aggregate_id, aggregate in list(self._loaded.items()):
-            keep = marks.get(aggregate_id, 0)
+    def rollback(self) -> None:
+        """Undo what was recorded since ``begin``: replay history and the events kept."""
+        for aggregate_id, keep in self._marks.items():
+            aggregate = self._loaded[aggregate_id]
             if len(aggregate.pending) == keep:
                 continue
             fresh = type(aggregate).replay(aggregate_id, self._histories.get(aggregate_id, ()))
@@ -269,23 +282,19 @@ class BatchProcessor:
         if item.rejection is not None or item.command is None:
             code, reason = item.rejection or ("invalid", "no command")
             return _rejected(item, code, reason), []
-        before = streams.marks()
+        streams.begin()
         try:
             verdict = self.decider.decide(item.command, streams)
         except DomainRuleError as exc:
-            streams.rollback(before)
+            streams.rollback()
             return _rejected(item, exc.code, str(exc)), []
         except Exception as exc:
             # A bug in a decider must not stall the partition: reject, with a digest to find it.
-            streams.rollback(before)
+            streams.rollback()
             digest = traceback.format_exception_only(type(exc), exc)[-1].strip()
             log.exception("decider failed on %s", item.command_id)
             return _rejected(item, "domain", f"internal error: {digest}"), []
-        events = [
-            (a.id, version, event)
-            for a in streams.aggregates()
-            for version, event in a.pending[before.get(a.id, 0) :]
-        ]
+        events = streams.recorded()
         succeeded = CommandSucceeded(
             command_id=str(item.command_id),
             command_type=item.type,

@@ -33,7 +33,9 @@ def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> Po
         **es_env,
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": "4",
-        "POSTGRES_PRE_PING": "y",
+        # No ping on every checkout (a round trip each): a dead connection fails the call, the
+        # library retries it on a fresh one, and a failed batch is redelivered anyway.
+        "POSTGRES_PRE_PING": "n",
         "POSTGRES_LOCK_TIMEOUT": "10",
         # The library's insert function (ENABLE_DB_FUNCTIONS) skips the table lock in 9.5, which
         # would let a projection pass over a late-committing event: keep the locked path.
@@ -43,22 +45,40 @@ def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> Po
 
 
 class BatchRecorder(PostgresApplicationRecorder):
-    """The library's application recorder, appending without libpq pipeline mode.
+    """The library's application recorder, with a faster append for large batches.
 
-    Same statements, same transaction (EXCLUSIVE table lock, NOTIFY, one INSERT from an array),
-    but psycopg's pipeline mode deadlocks on large batches here — the client waits in
-    ``Pipeline.sync`` while the server waits for the rest of the query (psycopg#685) — so a
-    batch of a few hundred documents would hang the worker forever.
+    Same transaction as the library's (EXCLUSIVE table lock so positions follow commit order,
+    NOTIFY, one INSERT), but:
+
+    - no libpq pipeline mode: psycopg's pipeline deadlocks on large batches here — the client
+      waits in ``Pipeline.sync`` while the server waits for the rest of the query (psycopg#685);
+    - the rows travel as four plain arrays in binary, not as an array of a composite type, which
+      psycopg dumps as text in Python (a fifth of the worker's time at 500 commands per batch).
     """
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self._insert_arrays = SQL(
+            "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
+            "RETURNING notification_id"
+        ).format(Identifier(datastore.schema), Identifier(events_table_name))
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
         if not stored_events:
             return []
+        columns = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            self._insert_events(curs, stored_events, **kwargs)
-            self._insert_stored_events(curs, stored_events, **kwargs)
-            return list(self._fetch_ids_after_insert_events(curs, stored_events) or [])
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            curs.execute(self._insert_arrays, columns)
+            return [row["notification_id"] for row in curs.fetchall()]
 
 
 class EventStore:
