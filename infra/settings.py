@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=500, ge=1, le=10_000)
     worker_batch_timeout_ms: int = Field(default=50, ge=1)
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    worker_fetch_max_wait_ms: int = Field(
+        default=100, ge=1, description="how long the broker may hold a fetch with no data"
+    )
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Projections

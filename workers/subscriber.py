@@ -63,6 +63,7 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         session_timeout_ms=settings.worker_session_timeout_ms,
+        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
         heartbeat_interval_ms=max(settings.worker_session_timeout_ms // 4, 500),
         max_partition_fetch_bytes=max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
         # Hand the records over untouched: the envelope parser decides what is malformed, and
