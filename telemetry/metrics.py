@@ -1,0 +1,173 @@
+"""Every Prometheus metric the service exports, defined in one place.
+
+Base units, ``_total`` / ``_seconds`` suffixes, and only low-cardinality labels: route templates
+(never raw paths), contexts, command types, outcomes, topics and partitions. Each process (ingress,
+worker, projections) serves its own registry on its own port, so several workers on one host are
+separate scrape targets, told apart by Prometheus' ``instance`` label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+# Ingress (RED)
+HTTP_REQUESTS = Counter(
+    "uait_http_requests_total",
+    "HTTP requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "uait_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template and method.",
+    ["route", "method"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "uait_http_requests_in_flight", "HTTP requests being answered now.", registry=REGISTRY
+)
+
+# Kafka
+MESSAGES_PUBLISHED = Counter(
+    "uait_kafka_messages_published_total",
+    "Records sent to Kafka, by topic and outcome (ok, error, too_large).",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
+PUBLISH_DURATION = Histogram(
+    "uait_kafka_publish_duration_seconds",
+    "Time from send to the broker's acks=all acknowledgement.",
+    ["topic"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+MESSAGES_CONSUMED = Counter(
+    "uait_kafka_messages_consumed_total",
+    "Records consumed by workers, by topic and partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "uait_kafka_consumer_lag",
+    "Records in a partition not yet consumed by this worker (high watermark - position).",
+    ["group", "topic", "partition"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "uait_worker_batch_size",
+    "Records per consumed batch.",
+    ["context"],
+    buckets=_SIZES,
+    registry=REGISTRY,
+)
+
+# Processing
+COMMANDS = Counter(
+    "uait_commands_total",
+    "Commands processed, by context, type and result (succeeded, rejected, duplicate).",
+    ["context", "type", "result"],
+    registry=REGISTRY,
+)
+BATCH_DURATION = Histogram(
+    "uait_worker_batch_duration_seconds",
+    "Time to decide and commit one batch, by context and result (ok, error).",
+    ["context", "result"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+BATCH_FAILURES = Counter(
+    "uait_worker_batch_failures_total",
+    "Batches that failed transiently and were redelivered.",
+    ["context"],
+    registry=REGISTRY,
+)
+BATCH_SPLITS = Counter(
+    "uait_worker_batch_splits_total",
+    "Times a batch was split to isolate a conflicting command.",
+    ["context"],
+    registry=REGISTRY,
+)
+
+# Event store
+APPEND_EVENTS = Histogram(
+    "uait_eventstore_append_batch_events",
+    "Events per event-store transaction.",
+    ["context"],
+    buckets=_SIZES,
+    registry=REGISTRY,
+)
+APPEND_DURATION = Histogram(
+    "uait_eventstore_append_duration_seconds",
+    "Time of one event-store append transaction.",
+    ["context"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+EVENTS_APPENDED = Counter(
+    "uait_eventstore_events_appended_total",
+    "Events appended to the event store.",
+    ["context"],
+    registry=REGISTRY,
+)
+
+# Projections
+PROJECTION_POSITION = Gauge(
+    "uait_projection_position",
+    "Last event-store position a projection has committed.",
+    ["projection"],
+    registry=REGISTRY,
+)
+PROJECTION_HEAD = Gauge(
+    "uait_projection_head",
+    "Head of the event store that a projection follows, as last seen by it.",
+    ["projection"],
+    registry=REGISTRY,
+)
+PROJECTION_LAG_EVENTS = Gauge(
+    "uait_projection_lag_events",
+    "Events between the head and a projection's position.",
+    ["projection"],
+    registry=REGISTRY,
+)
+PROJECTION_LAG_SECONDS = Gauge(
+    "uait_projection_lag_seconds",
+    "Age of the oldest event a projection has not applied yet (0 when caught up).",
+    ["projection"],
+    registry=REGISTRY,
+)
+PROJECTION_EVENTS = Counter(
+    "uait_projection_events_total",
+    "Events a projection has read (applied or skipped); rate() gives events/s.",
+    ["projection"],
+    registry=REGISTRY,
+)
+PROJECTION_BATCH_DURATION = Histogram(
+    "uait_projection_batch_duration_seconds",
+    "Time to apply and commit one projection batch.",
+    ["projection"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+PROJECTION_UP = Gauge(
+    "uait_projection_running",
+    "1 while a projection is following the store, 0 when it stopped on an error.",
+    ["projection"],
+    registry=REGISTRY,
+)
+
+_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+}
+
+SERIES_NAMES: frozenset[str] = frozenset(
+    family.name + suffix for family in REGISTRY.collect() for suffix in _SUFFIXES[family.type]
+)
+"""Every series name a scrape of this service can show (for checking dashboards and alerts)."""
