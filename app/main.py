@@ -5,23 +5,28 @@ No write logic lives here: every state change is a command on Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.deps import Deps
 from app.limits import BodySizeLimit
+from app.observability import RequestMetrics
 from app.positions import PositionWatcher
 from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
 from app.routes import commands, knowledge
 from projections.registry import all_projections
+from telemetry.metrics import REGISTRY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -80,8 +85,33 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:
+        """The process is alive (no dependency is checked)."""
         return {"status": "pass"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready to take commands: PostgreSQL answers and the broker connection is up."""
+        d: Deps = request.app.state.deps
+        checks = {"postgres": "pass", "kafka": "pass"}
+        try:
+            async with d.queries.pool.connection(timeout=1.0) as conn:
+                await conn.execute("SELECT 1")
+        except Exception:
+            checks["postgres"] = "fail"
+        try:
+            await asyncio.wait_for(d.publisher.start(), 1.0)
+        except Exception:
+            checks["kafka"] = "fail"
+        ok = all(v == "pass" for v in checks.values())
+        return JSONResponse(
+            {"status": "pass" if ok else "fail", "checks": checks}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     # The largest legitimate body is one document's text plus JSON escaping and metadata.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_text_bytes * 2 + 64 * 1024)
+    app.add_middleware(RequestMetrics)  # outermost: counts the 413s of the size limit too
     return app

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaProducer
@@ -29,6 +30,7 @@ from aiokafka.errors import KafkaError
 
 from events.envelope import Envelope, dumps, wrap
 from events.topics import command_topic
+from telemetry.metrics import MESSAGES_PUBLISHED, PUBLISH_DURATION
 
 if TYPE_CHECKING:
     import uuid
@@ -152,17 +154,25 @@ class CommandPublisher:
     ) -> Any:
         """Send bytes as they are and wait for ``acks=all``; returns the record metadata."""
         if len(value) > self.max_message_bytes:
+            MESSAGES_PUBLISHED.labels(topic, "too_large").inc()
             raise MessageTooLargeError(
                 f"message is {len(value)} bytes; the broker limit is {self.max_message_bytes}"
             )
-        producer = await self._ensure()
+        started = time.perf_counter()
         try:
+            producer = await self._ensure()
             future = await asyncio.wait_for(
                 producer.send(topic, value, key=key, headers=list(headers)), self.timeout_s
             )
-            return await asyncio.wait_for(future, self.timeout_s)
-        except (TimeoutError, KafkaError, OSError) as exc:
+            metadata = await asyncio.wait_for(future, self.timeout_s)
+        except (TimeoutError, KafkaError, OSError, BrokerUnavailableError) as exc:
+            MESSAGES_PUBLISHED.labels(topic, "error").inc()
+            if isinstance(exc, BrokerUnavailableError):
+                raise
             raise BrokerUnavailableError(f"publish to {topic} failed: {exc!r}") from exc
+        MESSAGES_PUBLISHED.labels(topic, "ok").inc()
+        PUBLISH_DURATION.labels(topic).observe(time.perf_counter() - started)
+        return metadata
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:

@@ -50,6 +50,17 @@ def _logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
+def _serve_metrics(settings: Settings, port: int) -> None:
+    """A small HTTP server with this process's /metrics (each process has its own port)."""
+    if port:
+        from prometheus_client import start_http_server
+
+        from telemetry.metrics import REGISTRY
+
+        start_http_server(port, addr=settings.http_host, registry=REGISTRY)
+        logging.getLogger("uait").info("metrics on http://%s:%d/metrics", settings.http_host, port)
+
+
 def _ready(settings: Settings, *, need_kafka: bool = True) -> Settings:
     from infra.runtime import prepare, require_endpoints
 
@@ -119,6 +130,7 @@ def worker(
     if unknown:
         console.print(f"[red]unknown context(s):[/red] {', '.join(sorted(unknown))}")
         raise typer.Exit(2)
+    _serve_metrics(settings, settings.worker_metrics_port)
     w = build_worker(
         settings,
         kafka_bootstrap=settings.kafka_bootstrap,
@@ -140,7 +152,9 @@ def projections_run(
     from infra.runtime import run_projections
 
     _logging()
-    run_projections(_ready(_settings(), need_kafka=False), names=name)
+    settings = _ready(_settings(), need_kafka=False)
+    _serve_metrics(settings, settings.projections_metrics_port)
+    run_projections(settings, names=name)
 
 
 @projections_app.command("status")

@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     worker_fetch_max_wait_ms: int = Field(
         default=100, ge=1, description="how long the broker may hold a fetch with no data"
     )
-    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="/metrics of `uait worker`; 0 = not served"
+    )
+    projections_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="/metrics of `uait projections run`; 0 = not served"
+    )
 
     # Projections
     projection_batch_size: int = Field(default=2000, ge=1)

@@ -10,14 +10,25 @@ ingress can answer ``?after=`` and ``Prefer: wait`` without polling either.
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from eventsourcing.persistence import IntegrityError, Tracking
-from psycopg import OperationalError
 from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
 from projections.base import Envelope
+from telemetry.metrics import (
+    PROJECTION_BATCH_DURATION,
+    PROJECTION_EVENTS,
+    PROJECTION_HEAD,
+    PROJECTION_LAG_EVENTS,
+    PROJECTION_LAG_SECONDS,
+    PROJECTION_POSITION,
+    PROJECTION_UP,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -94,6 +105,7 @@ class ProjectionRunner:
         )
         if not notes:
             return 0
+        started = time.perf_counter()
         batch = to_envelopes(self.projection, notes)
         last = notes[-1].id
         try:
@@ -115,7 +127,26 @@ class ProjectionRunner:
             self._position = None
             raise
         self._position = last
+        self._observe(notes, started)
         return len(notes)
+
+    def _observe(self, notes: list[Notification], started: float) -> None:
+        name = self.projection.name
+        last = notes[-1]
+        PROJECTION_BATCH_DURATION.labels(name).observe(time.perf_counter() - started)
+        PROJECTION_EVENTS.labels(name).inc(len(notes))
+        PROJECTION_POSITION.labels(name).set(last.id)
+        head = self.recorder.max_notification_id() or last.id
+        PROJECTION_HEAD.labels(name).set(head)
+        PROJECTION_LAG_EVENTS.labels(name).set(head - last.id)
+        if head > last.id:
+            # How old the newest applied event is while newer ones wait: the time lag.
+            at = datetime.fromisoformat(orjson.loads(last.state)["at"])
+            PROJECTION_LAG_SECONDS.labels(name).set(
+                max((datetime.now(UTC) - at).total_seconds(), 0)
+            )
+        else:
+            PROJECTION_LAG_SECONDS.labels(name).set(0)
 
     def catch_up(self, stop: threading.Event | None = None) -> int:
         total = 0
@@ -129,11 +160,13 @@ class ProjectionRunner:
     def run_forever(self, stop: threading.Event, *, idle_wait_s: float = 5.0) -> None:
         """Follow the events table until ``stop`` is set; survives database restarts."""
         backoff = 0.1
+        running = PROJECTION_UP.labels(self.projection.name)
         while not stop.is_set():
             try:
                 with self.datastore.get_connection() as listen:
                     listen.execute(SQL("LISTEN {}").format(Identifier(self.recorder.channel_name)))
                     backoff = 0.1
+                    running.set(1)
                     while not stop.is_set():
                         if self.run_batch() >= self.batch_size:
                             continue
@@ -141,10 +174,14 @@ class ProjectionRunner:
                         # The timeout only bounds how long a stop request waits.
                         for _ in listen.notifies(timeout=min(idle_wait_s, 0.5), stop_after=1):
                             pass
-            except OperationalError as exc:
-                log.warning("%s: database unavailable (%s); retrying", self.projection.name, exc)
+            except Exception:
+                # The database went away, or an event cannot be applied. Either way the batch is
+                # not committed and nothing is skipped: retry the same position after a pause.
+                running.set(0)
+                log.exception("%s: stopped at %d; retrying", self.projection.name, self._current())
+                self._position = None
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 30.0)
 
 
 def rebuild_into(

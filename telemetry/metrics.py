@@ -137,7 +137,7 @@ PROJECTION_LAG_EVENTS = Gauge(
 )
 PROJECTION_LAG_SECONDS = Gauge(
     "uait_projection_lag_seconds",
-    "Age of the oldest event a projection has not applied yet (0 when caught up).",
+    "While events wait, the age of the newest event a projection has applied (0 caught up).",
     ["projection"],
     registry=REGISTRY,
 )

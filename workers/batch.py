@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -111,6 +112,18 @@ class BatchReport:
     splits: int = 0
     appended_events: int = 0
     outcomes: dict[uuid.UUID, str] = field(default_factory=dict)
+    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(command type, result) -> count, for metrics."""
+
+    def count(self, item: Item, result: str) -> None:
+        if result == "succeeded":
+            self.succeeded += 1
+        elif result == "rejected":
+            self.rejected += 1
+        else:
+            self.duplicates += 1
+        self.outcomes[item.command_id] = result
+        self.by_type[(item.type, result)] += 1
 
     def merge(self, other: BatchReport) -> None:
         self.succeeded += other.succeeded
@@ -119,6 +132,7 @@ class BatchReport:
         self.splits += other.splits
         self.appended_events += other.appended_events
         self.outcomes.update(other.outcomes)
+        self.by_type.update(other.by_type)
 
 
 class _StreamCache:
@@ -189,8 +203,7 @@ class BatchProcessor:
         for record in records:
             item = self.parse(record)
             if item.command_id in seen:  # the same command twice in one batch
-                report.duplicates += 1
-                report.outcomes[item.command_id] = "duplicate"
+                report.count(item, "duplicate")
                 continue
             seen.add(item.command_id)
             items.append(item)
@@ -253,8 +266,7 @@ class BatchProcessor:
         done = self.store.existing(list(outcome_ids))
         fresh = [i for oid, i in outcome_ids.items() if oid not in done]
         for oid in done:
-            report.duplicates += 1
-            report.outcomes[outcome_ids[oid].command_id] = "duplicate"
+            report.count(outcome_ids[oid], "duplicate")
         stream_ids = {sid for i in fresh if i.command for sid in self.decider.stream_ids(i.command)}
         streams = _StreamCache(self.store.load_streams(sorted(stream_ids)))
         now = self.clock()
@@ -265,12 +277,7 @@ class BatchProcessor:
             for aggregate_id, version, event in events:
                 stored.append(_stored(aggregate_id, version, event, now, meta))
             stored.append(_stored(command_aggregate_id(item.command_id), 1, outcome, now, meta))
-            if isinstance(outcome, CommandSucceeded):
-                report.succeeded += 1
-                report.outcomes[item.command_id] = "succeeded"
-            else:
-                report.rejected += 1
-                report.outcomes[item.command_id] = "rejected"
+            report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
         if stored:
             self.store.append(stored)
         report.appended_events = len(stored)

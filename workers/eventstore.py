@@ -7,6 +7,7 @@ contexts, and positions (notification ids) are per context.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
+from telemetry.metrics import APPEND_DURATION, APPEND_EVENTS, EVENTS_APPENDED
 
 if TYPE_CHECKING:
     import uuid
@@ -108,7 +110,11 @@ class EventStore:
         Raises the library's IntegrityError when any (aggregate id, version) already exists —
         a concurrent writer, or a command whose outcome is already recorded.
         """
+        started = time.perf_counter()
         ids = self.recorder.insert_events(stored_events)
+        APPEND_DURATION.labels(self.context).observe(time.perf_counter() - started)
+        APPEND_EVENTS.labels(self.context).observe(len(stored_events))
+        EVENTS_APPENDED.labels(self.context).inc(len(stored_events))
         return list(ids or [])
 
     def load_streams(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Event]]:

@@ -17,6 +17,15 @@ from faststream import AckPolicy, Context
 from faststream.kafka import KafkaRouter
 
 from events.topics import command_topic
+from telemetry.metrics import (
+    BATCH_DURATION,
+    BATCH_FAILURES,
+    BATCH_SIZE,
+    BATCH_SPLITS,
+    COMMANDS,
+    CONSUMER_LAG,
+    MESSAGES_CONSUMED,
+)
 from workers.batch import Record
 
 if TYPE_CHECKING:
@@ -40,6 +49,19 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+async def _observe_lag(message: KafkaMessage, group: str) -> None:
+    """Lag of every partition this consumer holds: high watermark minus its position."""
+    consumer = getattr(message, "consumer", None)
+    if consumer is None:
+        return
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        position = await consumer.position(tp)
+        CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
 
 
 async def _no_decoding(message: KafkaMessage) -> None:
@@ -77,10 +99,15 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
             for r in (raw if isinstance(raw, tuple) else (raw,))
         ]
         started = time.perf_counter()
+        BATCH_SIZE.labels(context).observe(len(records))
+        for r in records:
+            MESSAGES_CONSUMED.labels(r.topic, str(r.partition)).inc()
         try:
             # The event store client is synchronous: keep it off the event loop.
             report = await asyncio.to_thread(processor.process, records)
         except Exception:
+            BATCH_DURATION.labels(context, "error").observe(time.perf_counter() - started)
+            BATCH_FAILURES.labels(context).inc()
             # Transient (database down, a conflict that kept coming back): nothing of the batch
             # is acknowledged. Wait before the NACK redelivers it, so an outage is not a hot loop.
             delay = backoff.failed()
@@ -90,6 +117,11 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
             await asyncio.sleep(delay)
             raise
         backoff.reset()
+        BATCH_DURATION.labels(context, "ok").observe(time.perf_counter() - started)
+        BATCH_SPLITS.labels(context).inc(report.splits)
+        for (command_type, result), n in report.by_type.items():
+            COMMANDS.labels(context, command_type, result).inc(n)
+        await _observe_lag(message, group_id(context))
         log.debug(
             "%s: %d records -> %d succeeded, %d rejected, %d duplicate, %d splits in %.1f ms",
             context,

@@ -180,6 +180,8 @@ def e2e_env(endpoints: Endpoints) -> dict[str, str]:
         "UAIT_DATABASE_URL": endpoints.database_url,
         "UAIT_REDIS_URL": endpoints.redis_url,
         "UAIT_WORKER_SESSION_TIMEOUT_MS": "3000",
+        "UAIT_WORKER_METRICS_PORT": str(free_port()),
+        "UAIT_PROJECTIONS_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
 
