@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 
 from app.problems import ProblemError, problem
 from app.publisher import BrokerUnavailableError, MessageTooLargeError
+from telemetry import logs
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -69,6 +70,8 @@ async def submit(
             headers={"Retry-After": "5"},
         ) from exc
     command_id = envelope.message_id
+    logs.command_id.set(str(command_id))
+    logs.correlation_id.set(str(envelope.correlation_id))
     # Best effort: the command is already on Kafka, and the worker records the same row when
     # it starts it. Failing here would make a retrying client send the command twice.
     try:

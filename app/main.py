@@ -20,7 +20,7 @@ import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.deps import Deps
 from app.limits import BodySizeLimit
-from app.observability import RequestMetrics
+from app.observability import RequestMetrics, RequestTracing
 from app.positions import PositionWatcher
 from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
@@ -78,6 +78,9 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         version="0.1.0",
         summary="Commands go to Kafka; queries read replayable projections.",
         lifespan=lifespan,
+        # FastAPI's own server span does not become the current span of the endpoint, so the
+        # Kafka produce span could not join it; RequestTracing below does this instead.
+        telemetry={"tracing": False, "metrics": False},
     )
     problems.install(app)
     app.include_router(knowledge.router)
@@ -113,5 +116,6 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
 
     # The largest legitimate body is one document's text plus JSON escaping and metadata.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_text_bytes * 2 + 64 * 1024)
+    app.add_middleware(RequestTracing)
     app.add_middleware(RequestMetrics)  # outermost: counts the 413s of the size limit too
     return app

@@ -1,11 +1,14 @@
-"""RED metrics for every request, labelled by route template (never the raw path)."""
+"""Per-request telemetry: RED metrics by route template (never the raw path) and a server span."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import SpanKind, StatusCode
+
 from telemetry.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from telemetry.tracing import extract, tracer
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,3 +45,38 @@ class RequestMetrics:
             method = scope["method"]
             HTTP_REQUESTS.labels(template, method, str(status)).inc()
             HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+
+
+class RequestTracing:
+    """ASGI middleware: one SERVER span per request, continuing an incoming ``traceparent``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        with tracer().start_as_current_span(
+            method,
+            context=extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        ) as span:
+
+            async def observing_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                    if message["status"] >= 500:
+                        span.set_status(StatusCode.ERROR)
+                await send(message)
+
+            try:
+                await self.app(scope, receive, observing_send)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    span.set_attribute("http.route", route)
+                    span.update_name(f"{method} {route}")

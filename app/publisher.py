@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 
 from events.envelope import Envelope, dumps, wrap
 from events.topics import command_topic
 from telemetry.metrics import MESSAGES_PUBLISHED, PUBLISH_DURATION
+from telemetry.tracing import current_traceparent, extract, tracer
 
 if TYPE_CHECKING:
     import uuid
@@ -129,21 +131,37 @@ class CommandPublisher:
         traceparent: str | None = None,
         message_id: uuid.UUID | None = None,
     ) -> Envelope:
-        envelope = wrap(
-            command,
-            actor=actor,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            traceparent=traceparent,
-            message_id=message_id,
-        )
-        await self.publish_envelope(
-            envelope, command_topic(command.CONTEXT), command.partition_key()
-        )
+        """Publish a command; a ``traceparent`` given here is the parent of the produce span."""
+        topic = command_topic(command.CONTEXT)
+        parent = extract({"traceparent": traceparent}) if traceparent else None
+        with tracer().start_as_current_span(
+            f"send {topic}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+                "messaging.kafka.message.key": command.partition_key(),
+            },
+        ) as span:
+            envelope = wrap(
+                command,
+                actor=actor,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                # The consumer's span becomes a child of this one.
+                traceparent=current_traceparent() or traceparent,
+                message_id=message_id,
+            )
+            span.set_attribute("messaging.message.id", str(envelope.message_id))
+            metadata = await self.send_raw(
+                topic, dumps(envelope), command.partition_key().encode(), headers_for(envelope)
+            )
+            if metadata is not None:
+                span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
+                span.set_attribute("messaging.kafka.offset", metadata.offset)
         return envelope
-
-    async def publish_envelope(self, envelope: Envelope, topic: str, key: str) -> None:
-        await self.send_raw(topic, dumps(envelope), key.encode(), headers_for(envelope))
 
     async def send_raw(
         self,

@@ -26,13 +26,18 @@ class EventMeta:
     command_id: uuid.UUID
     correlation_id: uuid.UUID
     actor: str
+    traceparent: str | None = None
+    """The W3C trace context of the worker's span, so projections join the request's trace."""
 
     def as_dict(self) -> dict[str, str]:
-        return {
+        meta = {
             "command_id": str(self.command_id),
             "correlation_id": str(self.correlation_id),
             "actor": self.actor,
         }
+        if self.traceparent:
+            meta["traceparent"] = self.traceparent
+        return meta
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,16 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=os.environ.get("UAIT_LOG_LEVEL", level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+def _logging(level: str = "INFO", *, service: str | None = None, fmt: str = "json") -> None:
+    """JSON lines by default (``UAIT_LOG_FORMAT=text`` for humans); tracing for services."""
+    from telemetry.logs import setup_logging
+
+    chosen = os.environ.get("UAIT_LOG_FORMAT", fmt)
+    setup_logging("text" if chosen == "text" else "json", os.environ.get("UAIT_LOG_LEVEL", level))
+    if service is not None:
+        from telemetry.tracing import setup_tracing
+
+        setup_tracing(service)
 
 
 def _serve_metrics(settings: Settings, port: int) -> None:
@@ -124,7 +128,7 @@ def worker(
     from infra.stack import eventsourcing_env
     from workers.main import build_worker
 
-    _logging()
+    _logging(service="uait-worker")
     settings = _ready(_settings())
     unknown = set(context or []) - set(CONTEXTS)
     if unknown:
@@ -151,7 +155,7 @@ def projections_run(
     """Follow the event store and keep the read models up to date."""
     from infra.runtime import run_projections
 
-    _logging()
+    _logging(service="uait-projections")
     settings = _ready(_settings(), need_kafka=False)
     _serve_metrics(settings, settings.projections_metrics_port)
     run_projections(settings, names=name)
@@ -185,7 +189,7 @@ def ingress(
 
     from app.main import create_app
 
-    _logging()
+    _logging(service="uait-ingress")
     settings = _ready(_settings(), need_kafka=False)
     api = create_app(
         settings, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap
@@ -196,6 +200,7 @@ def ingress(
         port=port if port is not None else settings.http_port,
         log_level="warning",
         access_log=False,
+        log_config=None,  # keep our JSON handler on the root logger
     )
 
 
@@ -253,11 +258,12 @@ def dev(
     """Embedded stack + ingress + workers + projections, in one command. Ctrl-C stops all."""
     from infra.stack import EmbeddedStack
 
-    _logging()
+    _logging(fmt="text")
     settings = _settings()
     port = port if port is not None else settings.http_port
     with EmbeddedStack(settings) as endpoints:
         env = {
+            "UAIT_LOG_FORMAT": "text",  # human-readable in dev, unless asked otherwise
             **os.environ,
             "UAIT_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
             "UAIT_DATABASE_URL": endpoints.database_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
 
     # Projections
     projection_batch_size: int = Field(default=2000, ge=1)
+
+    # Logs (read from the environment before anything else starts)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
 
     # Ingress
     http_host: str = "127.0.0.1"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from eventsourcing.persistence import IntegrityError, Tracking
+from opentelemetry.trace import SpanKind
 from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
@@ -29,6 +30,7 @@ from telemetry.metrics import (
     PROJECTION_POSITION,
     PROJECTION_UP,
 )
+from telemetry.tracing import extract, tracer, tracing_enabled
 
 if TYPE_CHECKING:
     import threading
@@ -106,6 +108,7 @@ class ProjectionRunner:
         if not notes:
             return 0
         started = time.perf_counter()
+        started_ns = time.time_ns()
         batch = to_envelopes(self.projection, notes)
         last = notes[-1].id
         try:
@@ -128,7 +131,30 @@ class ProjectionRunner:
             raise
         self._position = last
         self._observe(notes, started)
+        if tracing_enabled():
+            self._trace(batch, started_ns, time.time_ns())
         return len(notes)
+
+    def _trace(self, batch: list[Envelope], start: int, end: int) -> None:
+        """A span per applied event, in the trace of the command that caused it."""
+        name = self.projection.name
+        for env in batch:
+            parent = env.meta.get("traceparent")
+            if not parent:
+                continue
+            span = tracer().start_span(
+                f"project {name}",
+                context=extract({"traceparent": parent}),
+                kind=SpanKind.INTERNAL,
+                start_time=start,
+                attributes={
+                    "uait.projection": name,
+                    "uait.event.type": env.event.TYPE,
+                    "uait.event.position": env.position,
+                    "uait.batch.size": len(batch),
+                },
+            )
+            span.end(end_time=end)
 
     def _observe(self, notes: list[Notification], started: float) -> None:
         name = self.projection.name

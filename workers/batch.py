@@ -9,6 +9,7 @@ from fresh state, so one duplicate or conflicting command never holds back the o
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import uuid
 from collections import Counter
@@ -31,6 +32,7 @@ from events.envelope import (
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import EventMeta, encode_state
+from telemetry import logs
 from workers.aggregate import Aggregate, DomainRuleError
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ class Record:
     offset: int
     value: bytes | None
     key: bytes | None = None
+    trace_context: str | None = None
+    """W3C traceparent of the span processing this record (kept in the events' metadata)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class Item:
             command_id=self.command_id,
             correlation_id=env.correlation_id if env else self.command_id,
             actor=env.actor if env else "unknown",
+            traceparent=self.record.trace_context,
         )
 
 
@@ -114,6 +119,8 @@ class BatchReport:
     outcomes: dict[uuid.UUID, str] = field(default_factory=dict)
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(command type, result) -> count, for metrics."""
+    appends: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+    """command id -> (start, end) in ns since the epoch of the append that recorded it."""
 
     def count(self, item: Item, result: str) -> None:
         if result == "succeeded":
@@ -133,6 +140,7 @@ class BatchReport:
         self.appended_events += other.appended_events
         self.outcomes.update(other.outcomes)
         self.by_type.update(other.by_type)
+        self.appends.update(other.appends)
 
 
 class _StreamCache:
@@ -279,7 +287,11 @@ class BatchProcessor:
             stored.append(_stored(command_aggregate_id(item.command_id), 1, outcome, now, meta))
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
         if stored:
+            started = time.time_ns()
             self.store.append(stored)
+            ended = time.time_ns()
+            for item in fresh:
+                report.appends[item.command_id] = (started, ended)
         report.appended_events = len(stored)
         return report
 
@@ -290,6 +302,10 @@ class BatchProcessor:
             code, reason = item.rejection or ("invalid", "no command")
             return _rejected(item, code, reason), []
         streams.begin()
+        tokens = (
+            logs.command_id.set(str(item.command_id)),
+            logs.correlation_id.set(str(item.meta().correlation_id)),
+        )
         try:
             verdict = self.decider.decide(item.command, streams)
         except DomainRuleError as exc:
@@ -301,6 +317,9 @@ class BatchProcessor:
             digest = traceback.format_exception_only(type(exc), exc)[-1].strip()
             log.exception("decider failed on %s", item.command_id)
             return _rejected(item, "domain", f"internal error: {digest}"), []
+        finally:
+            logs.command_id.reset(tokens[0])
+            logs.correlation_id.reset(tokens[1])
         events = streams.recorded()
         succeeded = CommandSucceeded(
             command_id=str(item.command_id),

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from faststream import AckPolicy, Context
 from faststream.kafka import KafkaRouter
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from events.topics import command_topic
 from telemetry.metrics import (
@@ -26,13 +28,16 @@ from telemetry.metrics import (
     CONSUMER_LAG,
     MESSAGES_CONSUMED,
 )
+from telemetry.tracing import extract, inject_headers, tracer, tracing_enabled
 from workers.batch import Record
 
 if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
     from faststream.kafka.message import KafkaMessage
+    from opentelemetry.trace import Span
 
     from infra.settings import Settings
-    from workers.batch import BatchProcessor
+    from workers.batch import BatchProcessor, BatchReport
 
 log = logging.getLogger("uait.worker")
 
@@ -49,6 +54,59 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def _process_span(record: ConsumerRecord[bytes, bytes], group: str) -> Span:
+    """One span per message, a child of the producer's span (and linked to it)."""
+    headers = {k: v.decode("latin-1") for k, v in (record.headers or ())}
+    parent = extract(headers)
+    producer = trace.get_current_span(parent).get_span_context()
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+        "messaging.consumer.group.name": group,
+    }
+    if "message_id" in headers:
+        attributes["messaging.message.id"] = headers["message_id"]
+    if record.key is not None:
+        attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+    return tracer().start_span(
+        f"process {record.topic}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=[Link(producer)] if producer.is_valid else (),
+        attributes=attributes,
+    )
+
+
+def traceparent(span: Span) -> str | None:
+    return inject_headers(trace.set_span_in_context(span)).get("traceparent")
+
+
+def _finish_spans(
+    spans: list[Span], records: list[Record], processor: BatchProcessor, report: BatchReport
+) -> None:
+    """Close each message's span, with a child for the event-store append that recorded it."""
+    table = processor.store.table
+    for span, record in zip(spans, records, strict=True):
+        if span.is_recording():
+            command_id = processor.parse(record).command_id
+            span.set_attribute("uait.command.id", str(command_id))
+            span.set_attribute("uait.command.result", report.outcomes.get(command_id, "unknown"))
+            if command_id in report.appends:
+                start, end = report.appends[command_id]
+                append = tracer().start_span(
+                    f"append {table}",
+                    context=trace.set_span_in_context(span),
+                    kind=SpanKind.CLIENT,
+                    start_time=start,
+                    attributes={"db.system.name": "postgresql", "db.collection.name": table},
+                )
+                append.end(end_time=end)
+        span.end()
 
 
 async def _observe_lag(message: KafkaMessage, group: str) -> None:
@@ -94,10 +152,16 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
     )
     async def handle_commands(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message
-        records = [
-            Record(r.topic, r.partition, r.offset, r.value, r.key)
-            for r in (raw if isinstance(raw, tuple) else (raw,))
-        ]
+        consumed = raw if isinstance(raw, tuple) else (raw,)
+        if tracing_enabled():
+            spans = [_process_span(r, group_id(context)) for r in consumed]
+            records = [
+                Record(r.topic, r.partition, r.offset, r.value, r.key, traceparent(span))
+                for r, span in zip(consumed, spans, strict=True)
+            ]
+        else:  # no per-record tracing work when spans go nowhere
+            spans = []
+            records = [Record(r.topic, r.partition, r.offset, r.value, r.key) for r in consumed]
         started = time.perf_counter()
         BATCH_SIZE.labels(context).observe(len(records))
         for r in records:
@@ -105,7 +169,11 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
         try:
             # The event store client is synchronous: keep it off the event loop.
             report = await asyncio.to_thread(processor.process, records)
-        except Exception:
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, "batch failed; redelivered")
+                span.end()
             BATCH_DURATION.labels(context, "error").observe(time.perf_counter() - started)
             BATCH_FAILURES.labels(context).inc()
             # Transient (database down, a conflict that kept coming back): nothing of the batch
@@ -117,6 +185,8 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
             await asyncio.sleep(delay)
             raise
         backoff.reset()
+        if spans:
+            _finish_spans(spans, records, processor, report)
         BATCH_DURATION.labels(context, "ok").observe(time.perf_counter() - started)
         BATCH_SPLITS.labels(context).inc(report.splits)
         for (command_type, result), n in report.by_type.items():
