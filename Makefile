@@ -14,7 +14,7 @@ UV := $(shell uv --version >/dev/null 2>&1 && echo uv || echo "$(PYTHON) -m uv")
 UV_RUN := $(UV) run --frozen
 PYTEST := $(UV_RUN) pytest -q -p no:cacheprovider
 
-.PHONY: help setup run test test-unit lint bench clean
+.PHONY: help setup run test test-unit lint bench clean tools
 
 help:
 	@echo "make setup      install uv (if missing) and the locked dependencies into .venv"
@@ -41,7 +41,20 @@ lint: setup
 	$(UV_RUN) ruff format --check .
 	$(UV_RUN) mypy
 
-test: lint
+# Config checkers for infra/ (promtool, amtool, docker-compose), from Debian's packages. Without
+# root or apt-get, the tests that need them are skipped with a message saying what to install.
+tools:
+	@if command -v promtool >/dev/null && command -v amtool >/dev/null \
+		&& command -v docker-compose >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing promtool, amtool and docker-compose (Debian packages)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus prometheus-alertmanager docker-compose >/dev/null; \
+	else \
+		echo "promtool/amtool/docker-compose missing and not root: their checks will be skipped"; \
+	fi
+
+test: lint tools
 	$(PYTEST)
 
 test-unit: setup
