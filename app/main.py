@@ -24,7 +24,7 @@ from app.observability import RequestMetrics, RequestTracing
 from app.positions import PositionWatcher
 from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
-from app.routes import commands, knowledge
+from app.routes import admin, commands, knowledge
 from projections.registry import all_projections
 from telemetry.metrics import REGISTRY
 
@@ -85,6 +85,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     problems.install(app)
     app.include_router(knowledge.router)
     app.include_router(commands.router)
+    app.include_router(admin.router)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

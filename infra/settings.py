@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Projections
     projection_batch_size: int = Field(default=2000, ge=1)
 
+    # Metric history for the API: Prometheus' HTTP API (empty = not available)
+    prometheus_url: str = ""
+
     # Logs (read from the environment before anything else starts)
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
