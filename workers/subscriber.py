@@ -109,11 +109,19 @@ def _finish_spans(
         span.end()
 
 
+_lag_series: dict[str, set[tuple[str, str]]] = {}
+
+
 async def _observe_lag(message: KafkaMessage, group: str) -> None:
     """Lag of every partition this consumer holds: high watermark minus its position."""
     consumer = getattr(message, "consumer", None)
     if consumer is None:
         return
+    held = {(tp.topic, str(tp.partition)) for tp in consumer.assignment()}
+    # Partitions taken away by a rebalance: their lag is another worker's to report now.
+    for gone in _lag_series.get(group, set()) - held:
+        CONSUMER_LAG.remove(group, *gone)
+    _lag_series[group] = held
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
         if highwater is None:
