@@ -34,7 +34,13 @@ class Command(Message):
 
 
 class Event(Message):
-    """A fact that happened; stored append-only."""
+    """A fact that happened; stored append-only.
+
+    ``PUBLIC`` events are relayed to ``uait.events.<context>`` for outside consumers; the others
+    (such as command outcomes) stay internal.
+    """
+
+    PUBLIC: ClassVar[bool] = False
 
 
 M = TypeVar("M", bound=type[Message])
@@ -92,3 +98,7 @@ def load(type_name: str, version: int, data: dict[str, Any]) -> Message:
 
 def known_types() -> dict[str, type[Message]]:
     return dict(_types)
+
+
+def public_event_types() -> frozenset[str]:
+    return frozenset(name for name, cls in _types.items() if issubclass(cls, Event) and cls.PUBLIC)

@@ -180,6 +180,17 @@ def projections_status() -> None:
 
 
 @app.command()
+def relay() -> None:
+    """Publish public stored events, in store order, to uait.events.<context>."""
+    from infra.runtime import run_relay
+
+    _logging(service="uait-relay")
+    settings = _ready(_settings())
+    _serve_metrics(settings, settings.relay_metrics_port)
+    run_relay(settings)
+
+
+@app.command()
 def ingress(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
@@ -275,6 +286,7 @@ def dev(
         children = [
             subprocess.Popen([*exe, "worker"], env=env),
             subprocess.Popen([*exe, "projections", "run"], env=env),
+            subprocess.Popen([*exe, "relay"], env=env),
             subprocess.Popen([*exe, "ingress", "--port", str(port)], env=env),
         ]
         console.print(

@@ -14,6 +14,7 @@ from infra.migrate import migrate
 from infra.stack import eventsourcing_env
 from infra.topics import ensure_topics, topic_specs
 from projections.registry import all_projections
+from projections.relay import BlockingProducer, EventRelay
 from projections.runner import ProjectionRunner
 from workers.eventstore import open_factory
 
@@ -93,6 +94,34 @@ def projection_runners(
 def run_projections(settings: Settings, names: list[str] | None = None) -> None:
     """Follow every projection in its own thread until SIGINT/SIGTERM."""
     runners, factories = projection_runners(settings, names=names)
+    try:
+        follow(runners)
+    finally:
+        for f in factories:
+            f.close()
+
+
+def run_relay(settings: Settings) -> None:
+    """Relay public events to ``uait.events.<context>`` until SIGINT/SIGTERM."""
+    factory = open_factory("knowledge", eventsourcing_env(settings.database_url), pool_size=3)
+    producer = BlockingProducer(settings.kafka_bootstrap, timeout_s=settings.publish_timeout_s * 6)
+    try:
+        recorder = factory.application_recorder()
+        assert isinstance(recorder, PostgresApplicationRecorder)
+        runner = ProjectionRunner(
+            EventRelay(producer),
+            recorder,
+            factory.tracking_recorder(),
+            batch_size=settings.projection_batch_size,
+        )
+        follow([runner])
+    finally:
+        producer.close()
+        factory.close()
+
+
+def follow(runners: list[ProjectionRunner]) -> None:
+    """Run each runner in its own thread until SIGINT/SIGTERM."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -112,5 +141,3 @@ def run_projections(settings: Settings, names: list[str] | None = None) -> None:
         stop.wait(0.5)
     for t in threads:
         t.join(timeout=10)
-    for f in factories:
-        f.close()

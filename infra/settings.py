@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="/metrics of `uait worker`; 0 = not served"
     )
+    relay_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="/metrics of `uait relay`; 0 = not served"
+    )
     projections_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="/metrics of `uait projections run`; 0 = not served"
     )

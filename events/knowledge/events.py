@@ -29,6 +29,7 @@ class DocumentIngested(Event):
 
     TYPE: ClassVar[str] = "DocumentIngested"
     VERSION: ClassVar[int] = 1
+    PUBLIC: ClassVar[bool] = True
 
     document_id: str
     version: int
@@ -46,6 +47,7 @@ class DocumentDeleted(Event):
 
     TYPE: ClassVar[str] = "DocumentDeleted"
     VERSION: ClassVar[int] = 1
+    PUBLIC: ClassVar[bool] = True
 
     document_id: str
     version: int
