@@ -27,9 +27,11 @@ app = typer.Typer(no_args_is_help=True, help="Universal AI Tools: event-sourced 
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
 projections_app = typer.Typer(no_args_is_help=True, help="Read-model projections.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+store_app = typer.Typer(no_args_is_help=True, help="Event store backup and restore.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(projections_app, name="projections")
 app.add_typer(bench_app, name="bench")
+app.add_typer(store_app, name="store")
 
 console = Console(stderr=True)
 
@@ -312,6 +314,95 @@ def dev(
                     c.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     c.kill()
+
+
+def _open_store(settings: Settings, context: str):  # type: ignore[no-untyped-def]
+    from infra.migrate import migrate as apply
+    from infra.runtime import require_endpoints
+    from infra.stack import eventsourcing_env
+    from workers.eventstore import EventStore, open_factory
+
+    require_endpoints(settings)
+    if context not in CONTEXTS:
+        console.print(f"[red]unknown context {context!r}[/red]")
+        raise typer.Exit(2)
+    apply(settings.database_url)
+    return EventStore(context, open_factory(context, eventsourcing_env(settings.database_url)))
+
+
+def _progress(label: str, total: int | None):  # type: ignore[no-untyped-def]
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed or 0:,.0f} events/s")
+
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    return progress, progress.add_task(label, total=total)
+
+
+@store_app.command("export")
+def store_export(
+    output: Annotated[str, typer.Argument(help="file to write (.jsonl.gz)")],
+    context: Annotated[str, typer.Option()] = "knowledge",
+    from_position: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Stream the event store to compressed JSON lines with a checksum."""
+    from infra.backup import export_store
+
+    _logging("WARNING", fmt="text")
+    store = _open_store(_settings(), context)
+    try:
+        progress, task = _progress("export", max(store.head() - from_position, 0))
+        with progress, open(output, "wb") as out:
+            n = export_store(
+                store,
+                out,
+                from_position=from_position,
+                progress=lambda k: progress.advance(task, k),
+            )
+    finally:
+        store.factory.close()
+    console.print(f"exported {n} events to {output}")
+
+
+@store_app.command("import")
+def store_import(
+    path: Annotated[str, typer.Argument(help="a file written by `uait store export`")],
+    context: Annotated[str, typer.Option()] = "knowledge",
+) -> None:
+    """Load a backup into an empty event store (same positions), checking its checksum."""
+    from infra.backup import BackupError, import_store, read_header
+
+    _logging("WARNING", fmt="text")
+    store = _open_store(_settings(), context)
+    try:
+        header = read_header(path)
+        progress, task = _progress("import", int(header.get("head", 0)) or None)
+        with progress:
+            n = import_store(store, path, progress=lambda k: progress.advance(task, k))
+    except (BackupError, OSError) as exc:
+        console.print(f"[red]import refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        store.factory.close()
+    console.print(f"imported {n} events; rebuild the projections with `uait projections run`")
 
 
 @bench_app.command("pipeline")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -25,7 +28,10 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
     used as they are; the others are started under a temporary dir, so tests never
     touch dev data. The random database keeps a shared external server clean.
     """
-    stack = EmbeddedStack(Settings(), data_dir=tmp_path_factory.mktemp("stack"))
+    # Not under pytest's own temp root: another pytest process resets that root to 0700, which
+    # locks out the embedded PostgreSQL (it runs as its own system user).
+    data_dir = Path(tempfile.mkdtemp(prefix="uait-test-stack-"))
+    stack = EmbeddedStack(Settings(), data_dir=data_dir)
     with stack as server:
         dbname = f"uait_test_{secrets.token_hex(6)}"
         database_url = create_database(server.database_url, dbname)
@@ -38,3 +44,4 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
                 # The server is gone: the database went with it (an embedded one), or a shared
                 # server is down, in which case the failing tests have already said so.
                 warnings.warn(f"could not drop {dbname}: {exc}", stacklevel=1)
+    shutil.rmtree(data_dir, ignore_errors=True)
