@@ -65,7 +65,7 @@ def prepare(settings: Settings, *, need_kafka: bool = True) -> None:
 
 
 def projection_runners(
-    settings: Settings, *, names: list[str] | None = None
+    settings: Settings, *, names: list[str] | None = None, setup: bool = True
 ) -> tuple[list[ProjectionRunner], list[PostgresFactory]]:
     es_env = eventsourcing_env(settings.database_url)
     factories: dict[str, PostgresFactory] = {}
@@ -86,7 +86,8 @@ def projection_runners(
             factory.tracking_recorder(),
             batch_size=settings.projection_batch_size,
         )
-        runner.setup()
+        if setup:
+            runner.setup()
         runners.append(runner)
     return runners, list(factories.values())
 

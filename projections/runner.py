@@ -15,12 +15,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from eventsourcing.persistence import IntegrityError, Tracking
+import psycopg
+from eventsourcing.persistence import IntegrityError, PersistenceError, Tracking
 from opentelemetry.trace import SpanKind
 from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
 from projections.base import Envelope
+from projections.control import CONTROL_CHANNEL, read_state, write_state
 from telemetry.metrics import (
     PROJECTION_BATCH_DURATION,
     PROJECTION_EVENTS,
@@ -113,6 +115,10 @@ class ProjectionRunner:
         last = notes[-1].id
         try:
             with self.datastore.transaction(commit=True) as cur:
+                if not self._still_at(cur, start):
+                    # A rebuild swapped the tables, or another runner moved on: re-read.
+                    self._position = None
+                    return 0
                 if batch:
                     self.projection.apply(cur, batch)
                 # The library's single-row tracking refuses to go backwards (IntegrityError):
@@ -156,6 +162,18 @@ class ProjectionRunner:
             )
             span.end(end_time=end)
 
+    def _still_at(self, cur: Cursor[Any], start: int) -> bool:
+        """Serialise with rebuild swaps (advisory lock) and check the position is still ours."""
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.projection.name,))
+        cur.execute(
+            SQL("SELECT notification_id FROM {}.{} WHERE application_name = %s").format(
+                Identifier(self.datastore.schema), Identifier(self.tracking.tracking_table_name)
+            ),
+            (self.projection.name,),
+        )
+        row = cur.fetchone()
+        return (row["notification_id"] if row else 0) == start
+
     def _observe(self, notes: list[Notification], started: float) -> None:
         name = self.projection.name
         last = notes[-1]
@@ -183,31 +201,84 @@ class ProjectionRunner:
                 break
         return total
 
-    def run_forever(self, stop: threading.Event, *, idle_wait_s: float = 5.0) -> None:
-        """Follow the events table until ``stop`` is set; survives database restarts."""
+    def run_forever(self, stop: threading.Event, *, idle_wait_s: float = 0.5) -> None:
+        """Follow the events table until ``stop`` is set.
+
+        Survives database restarts (backs off and reconnects). An event that cannot be applied
+        stops this projection only: it is marked ``failed`` with the event and the error, and
+        waits, never skipping the event, until ``uait projections retry`` sets it running again.
+        ``uait projections pause`` holds it where it is.
+        """
+        name = self.projection.name
         backoff = 0.1
-        running = PROJECTION_UP.labels(self.projection.name)
+        up = PROJECTION_UP.labels(name)
         while not stop.is_set():
             try:
                 with self.datastore.get_connection() as listen:
                     listen.execute(SQL("LISTEN {}").format(Identifier(self.recorder.channel_name)))
+                    listen.execute(SQL("LISTEN {}").format(Identifier(CONTROL_CHANNEL)))
                     backoff = 0.1
-                    running.set(1)
+                    state = read_state(self.datastore, name).state
                     while not stop.is_set():
-                        if self.run_batch() >= self.batch_size:
+                        up.set(1 if state == "running" else 0)
+                        if state == "running" and self._advance() >= self.batch_size:
                             continue
-                        # Nothing more right now: sleep until the next append is NOTIFYed.
-                        # The timeout only bounds how long a stop request waits.
-                        for _ in listen.notifies(timeout=min(idle_wait_s, 0.5), stop_after=1):
-                            pass
+                        # Sleep until an append or a control change is NOTIFYed; the timeout
+                        # only bounds how long a stop request waits.
+                        for note in listen.notifies(timeout=idle_wait_s, stop_after=1):
+                            if note.channel == CONTROL_CHANNEL and note.payload == name:
+                                state = read_state(self.datastore, name).state
+                                self._position = None
             except Exception:
-                # The database went away, or an event cannot be applied. Either way the batch is
-                # not committed and nothing is skipped: retry the same position after a pause.
-                running.set(0)
-                log.exception("%s: stopped at %d; retrying", self.projection.name, self._current())
+                up.set(0)
+                log.exception("%s: database unavailable; reconnecting", name)
                 self._position = None
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _advance(self) -> int:
+        """One batch; on an event that cannot be applied, find it and mark the projection failed."""
+        try:
+            return self.run_batch()
+        except (PersistenceError, psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the database, not the event: reconnect and retry
+        except Exception:
+            log.exception("%s: a batch failed; looking for the event", self.projection.name)
+        # Apply one event per transaction up to the one that fails, so the error names it.
+        self._position = None
+        size, self.batch_size = self.batch_size, 1
+        try:
+            while True:
+                position = self._current() + 1
+                try:
+                    if self.run_batch() == 0:
+                        return 0  # it went through this time
+                except (PersistenceError, psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except Exception as exc:
+                    self._fail(position, exc)
+                    return 0
+        finally:
+            self.batch_size = size
+
+    def _fail(self, position: int, exc: Exception) -> None:
+        notes = self.recorder.select_notifications(start=position, limit=1)
+        topic = notes[0].topic if notes else None
+        with self.datastore.transaction(commit=True) as cur:
+            write_state(
+                cur,
+                self.projection.name,
+                state="failed",
+                error=f"{type(exc).__name__}: {exc}"[:4000],
+                failed_position=position,
+                failed_event_type=topic,
+            )
+        log.error(
+            "%s: failed at position %d (%s); it waits for `uait projections retry`",
+            self.projection.name,
+            position,
+            topic,
+        )
 
 
 def rebuild_into(
