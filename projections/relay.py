@@ -84,24 +84,26 @@ class EventRelay:
         return None
 
     def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
-        self.producer.send_all(event_topic(self.context), [self.record(e) for e in batch])
+        self.producer.send_all(event_topic(self.context), [record(self.context, e) for e in batch])
 
-    def record(self, env: Envelope) -> Record:
-        event_id = f"{self.context}:{env.position}"
-        value = orjson.dumps(
-            {
-                "event_id": event_id,
-                "position": env.position,
-                "type": env.event.TYPE,
-                "version": env.event.VERSION,
-                "occurred_at": env.occurred_at,
-                "aggregate_id": str(env.aggregate_id),
-                "aggregate_version": env.aggregate_version,
-                "meta": {k: v for k, v in env.meta.items() if k != "traceparent"},
-                "data": env.event.model_dump(mode="json"),
-            }
-        )
-        headers = [("event_id", event_id.encode()), ("type", env.event.TYPE.encode())]
-        if traceparent := env.meta.get("traceparent"):
-            headers.append(("traceparent", str(traceparent).encode()))
-        return str(env.aggregate_id).encode(), value, headers
+
+def record(context: str, env: Envelope) -> Record:
+    """A stored event as outside consumers get it (the relay and ``uait replay``)."""
+    event_id = f"{context}:{env.position}"
+    value = orjson.dumps(
+        {
+            "event_id": event_id,
+            "position": env.position,
+            "type": env.event.TYPE,
+            "version": env.event.VERSION,
+            "occurred_at": env.occurred_at,
+            "aggregate_id": str(env.aggregate_id),
+            "aggregate_version": env.aggregate_version,
+            "meta": {k: v for k, v in env.meta.items() if k != "traceparent"},
+            "data": env.event.model_dump(mode="json"),
+        }
+    )
+    headers = [("event_id", event_id.encode()), ("type", env.event.TYPE.encode())]
+    if traceparent := env.meta.get("traceparent"):
+        headers.append(("traceparent", str(traceparent).encode()))
+    return str(env.aggregate_id).encode(), value, headers

@@ -58,8 +58,15 @@ class BatchRecorder(PostgresApplicationRecorder):
       psycopg dumps as text in Python (a fifth of the worker's time at 500 commands per batch).
     """
 
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
+    def __init__(
+        self,
+        datastore: PostgresDatastore,
+        *,
+        events_table_name: str,
+        commit_times_context: str | None = None,
+    ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
+        self.commit_times_context = commit_times_context
         self._insert_arrays = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
@@ -80,7 +87,16 @@ class BatchRecorder(PostgresApplicationRecorder):
             self._lock_table(curs)
             self._notify_channel(curs)
             curs.execute(self._insert_arrays, columns)
-            return [row["notification_id"] for row in curs.fetchall()]
+            ids = [row["notification_id"] for row in curs.fetchall()]
+            if self.commit_times_context is not None:
+                # Under the table lock: commit times follow positions, never going back.
+                curs.execute(
+                    "INSERT INTO event_commit_times"
+                    " (context, first_position, last_position, committed_at)"
+                    " VALUES (%s, %s, %s, clock_timestamp())",
+                    (self.commit_times_context, min(ids), max(ids)),
+                )
+            return ids
 
 
 class EventStore:
@@ -89,7 +105,11 @@ class EventStore:
     def __init__(self, context: str, factory: PostgresFactory) -> None:
         self.context = context
         self.factory = factory
-        self.recorder = BatchRecorder(factory.datastore, events_table_name=f"{context}_events")
+        self.recorder = BatchRecorder(
+            factory.datastore,
+            events_table_name=f"{context}_events",
+            commit_times_context=context if _has_commit_times(factory.datastore) else None,
+        )
         self.recorder.create_table()
         self.table = self.recorder.events_table_name
         self._select_streams = SQL(
@@ -140,3 +160,10 @@ class EventStore:
 
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+
+def _has_commit_times(datastore: PostgresDatastore) -> bool:
+    """Whether migration 0003 has run (stores opened before migrating append without times)."""
+    with datastore.get_connection() as conn:
+        row = conn.execute("SELECT to_regclass('event_commit_times') AS t").fetchone()
+    return row is not None and row["t"] is not None
