@@ -13,6 +13,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from infra.migrate import migrate
 from infra.stack import eventsourcing_env
 from infra.topics import ensure_topics, topic_specs
+from projections.control import read_state, write_state
+from projections.rebuild import Rebuilder
 from projections.registry import all_projections
 from projections.relay import BlockingProducer, EventRelay
 from projections.runner import ProjectionRunner
@@ -93,9 +95,15 @@ def projection_runners(
 
 
 def run_projections(settings: Settings, names: list[str] | None = None) -> None:
-    """Follow every projection in its own thread until SIGINT/SIGTERM."""
+    """Follow every projection in its own thread until SIGINT/SIGTERM.
+
+    A projection whose code version differs from the version its live tables were built with
+    is first rebuilt blue/green (or only flagged, with UAIT_PROJECTIONS_REBUILD_ON_START=false).
+    """
     runners, factories = projection_runners(settings, names=names)
     try:
+        for runner in runners:
+            check_version(runner, rebuild=settings.projections_rebuild_on_start)
         follow(runners)
     finally:
         for f in factories:
@@ -119,6 +127,36 @@ def run_relay(settings: Settings) -> None:
     finally:
         producer.close()
         factory.close()
+
+
+def check_version(runner: ProjectionRunner, *, rebuild: bool) -> None:
+    projection = runner.projection
+    state = read_state(runner.datastore, projection.name)
+    if state.live_version is None:
+        with runner.datastore.transaction(commit=True) as cur:
+            write_state(cur, projection.name, live_version=projection.version)
+        return
+    if state.live_version == projection.version:
+        return
+    if not rebuild:
+        log.warning(
+            "%s: live tables are version %d, the code is version %d; run "
+            "`uait projections rebuild %s`",
+            projection.name,
+            state.live_version,
+            projection.version,
+            projection.name,
+        )
+        return
+    log.info(
+        "%s: code version %d != live %d: rebuilding blue/green before following",
+        projection.name,
+        projection.version,
+        state.live_version,
+    )
+    result = Rebuilder(projection, runner.recorder, runner.tracking).rebuild()
+    if result is not None:
+        log.info("%s: rebuilt %d events at %.0f/s", projection.name, result.events, result.rate)
 
 
 def follow(runners: list[ProjectionRunner]) -> None:

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
 
     # Projections
     projection_batch_size: int = Field(default=2000, ge=1)
+    projections_rebuild_on_start: bool = Field(
+        default=True,
+        description="rebuild blue/green at start when a projection's code version changed",
+    )
 
     # Metric history for the API: Prometheus' HTTP API (empty = not available)
     prometheus_url: str = ""

@@ -261,3 +261,27 @@ def test_a_paused_projection_holds_its_position_until_resumed(store):
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+class DocumentsV2(DocumentsProjection):
+    version = 2
+
+
+def test_a_changed_code_version_is_rebuilt_at_start_or_only_flagged(store, caplog):
+    from infra.runtime import check_version
+
+    ingest(store, ["v-1", "v-2"])
+    first = runner(store, DocumentsProjection())
+    first.catch_up()
+    check_version(first, rebuild=True)
+    assert read_state(store.datastore, first.projection.name).live_version == 1
+
+    second = runner(store, DocumentsV2())
+    check_version(second, rebuild=False)
+    assert read_state(store.datastore, second.projection.name).live_version == 1
+    assert "run `uait projections rebuild" in caplog.text
+
+    check_version(second, rebuild=True)
+    state = read_state(store.datastore, second.projection.name)
+    assert (state.live_version, state.previous_version) == (2, 1)
+    equals_a_fresh_rebuild(store, DocumentsV2())
