@@ -25,7 +25,7 @@ def test_a_stored_version_still_decodes_to_the_current_model(path: Path) -> None
     match = NAME.match(path.name)
     assert match, f"golden files are named <Type>.v<N>.json, not {path.name}"
     decoded = decode(match["type"], path.read_bytes())
-    assert type(decoded.event).TYPE == match["type"]
+    assert match["type"] == type(decoded.event).TYPE
     assert decoded.meta["actor"] == "user:golden"
     # it round-trips through the current model without losing fields
     assert decoded.event.model_dump(mode="json")
