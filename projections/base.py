@@ -40,8 +40,11 @@ class Projection(Protocol):
     topics: ClassVar[frozenset[str]]
     """The event types it handles; others are skipped without being decoded."""
 
-    def create(self, cur: Cursor[Any]) -> None:
-        """Create the tables and indexes (idempotent)."""
+    def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
+        """Create the tables, and unless told otherwise their secondary indexes (idempotent)."""
+
+    def create_indexes(self, cur: Cursor[Any]) -> None:
+        """Create the secondary indexes (a rebuild does this after its bulk load)."""
 
     def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
         """Write the effects of ``batch`` (in store order) to the read model."""

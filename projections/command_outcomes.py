@@ -42,8 +42,11 @@ class CommandOutcomesProjection:
     tables: ClassVar[tuple[str, ...]] = ("command_outcomes",)
     topics: ClassVar[frozenset[str]] = frozenset({CommandSucceeded.TYPE, CommandRejected.TYPE})
 
-    def create(self, cur: Cursor[Any]) -> None:
+    def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
         cur.execute(SCHEMA)
+
+    def create_indexes(self, cur: Cursor[Any]) -> None:
+        return None
 
     def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
         rows = []

@@ -104,6 +104,9 @@ class Rebuilder:
                 progress(n)
             if n == 0:
                 break
+        with self.datastore.transaction(commit=True) as cur:
+            _use(cur, self.shadow)
+            self.projection.create_indexes(cur)  # once, over the bulk-loaded rows
         retired, position, tail = self._swap(position)
         events += tail
         if progress and tail:
@@ -126,7 +129,7 @@ class Rebuilder:
             cur.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(self.shadow)))
             cur.execute(SQL("CREATE SCHEMA {}").format(Identifier(self.shadow)))
             _use(cur, self.shadow)
-            self.projection.create(cur)
+            self.projection.create(cur, indexes=False)
             cur.execute(
                 SQL("DELETE FROM {}.{} WHERE application_name = %s").format(
                     Identifier(self.datastore.schema),
