@@ -651,6 +651,19 @@ def bench_pipeline(
     )
 
 
+@bench_app.command("rebuild")
+def bench_rebuild(
+    count: Annotated[int, typer.Option("--events", help="events to generate")] = 1_000_000,
+    sample: Annotated[int, typer.Option(help="events for the library's plain runner")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="events per rebuild transaction")] = 10_000,
+) -> None:
+    """Blue/green rebuild rate against the eventsourcing library's plain ProjectionRunner."""
+    from bench.rebuild import main as run_bench
+
+    _logging("WARNING", fmt="text")
+    run_bench(events_count=count, sample=sample, batch_size=batch_size)
+
+
 def main() -> None:
     app()
 
