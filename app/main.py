@@ -19,12 +19,17 @@ from psycopg_pool import AsyncConnectionPool
 import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.deps import Deps
+from app.idempotency import IdempotencyMiddleware, IdempotencyStore
 from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
 from app.positions import PositionWatcher
 from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
-from app.routes import admin, commands, knowledge
+from app.ratelimit import RateLimiter, RateLimitMiddleware
+from app.redis_client import create_redis
+from app.routes import admin, breakers, commands, knowledge
+from app.routes import events as events_routes
+from events.topics import CONTEXTS
 from projections.registry import all_projections
 from telemetry.metrics import REGISTRY
 
@@ -59,9 +64,22 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             # Start anyway: commands answer 503 until the broker is back; queries still work.
             log.warning("starting without Kafka: %s", exc)
         watcher = PositionWatcher(
-            database_url, {p.name: f"{p.context}_tracking" for p in all_projections()}
+            database_url,
+            {p.name: f"{p.context}_tracking" for p in all_projections()},
+            event_channels=tuple(f"{c}_events" for c in CONTEXTS),
         )
         await watcher.start()
+        redis = create_redis(settings)
+        if redis is None:
+            log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
+        else:
+            app.state.ratelimiter = RateLimiter(redis)
+            # A reservation outlives the longest request (publish, then Prefer: wait).
+            app.state.idempotency = IdempotencyStore(
+                redis,
+                ttl_s=settings.idempotency_ttl_s,
+                in_flight_s=settings.publish_timeout_s + settings.max_wait_s + 30,
+            )
         app.state.deps = Deps(
             settings=settings, publisher=publisher, queries=Queries(pool), watcher=watcher
         )
@@ -72,6 +90,9 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             await publisher.stop()
             with contextlib.suppress(Exception):
                 await pool.close()
+            if redis is not None:
+                with contextlib.suppress(Exception):
+                    await redis.aclose(close_connection_pool=True)
 
     app = FastAPI(
         title="Universal AI Tools",
@@ -86,6 +107,8 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     app.include_router(knowledge.router)
     app.include_router(commands.router)
     app.include_router(admin.router)
+    app.include_router(events_routes.router)
+    app.include_router(breakers.router)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:
@@ -115,8 +138,11 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    # Idempotency inside the size limit (it buffers the body), rate limits outside it.
+    app.add_middleware(IdempotencyMiddleware, settings=settings)
     # The largest legitimate body is one document's text plus JSON escaping and metadata.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_text_bytes * 2 + 64 * 1024)
+    app.add_middleware(RateLimitMiddleware, settings=settings)
     app.add_middleware(RequestTracing)
     app.add_middleware(RequestMetrics)  # outermost: counts the 413s of the size limit too
     return app

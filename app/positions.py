@@ -23,10 +23,17 @@ log = logging.getLogger("uait.ingress")
 
 
 class PositionWatcher:
-    def __init__(self, database_url: str, tracking_tables: dict[str, str]) -> None:
-        """``tracking_tables`` maps each projection name to its context's tracking table."""
+    def __init__(
+        self,
+        database_url: str,
+        tracking_tables: dict[str, str],
+        event_channels: tuple[str, ...] = (),
+    ) -> None:
+        """``tracking_tables`` maps each projection name to its context's tracking table;
+        ``event_channels`` are the event tables' channels (their appends wake event streams)."""
         self.database_url = database_url
         self.tracking_tables = tracking_tables
+        self.event_channels = event_channels
         self.positions: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -63,12 +70,15 @@ class PositionWatcher:
                     self.database_url, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {POSITIONS_CHANNEL}")
+                    for channel in self.event_channels:
+                        await conn.execute(f'LISTEN "{channel}"')
                     await self._load(conn)  # after LISTEN, so no commit falls in between
                     await self._notify_all()
                     backoff = 0.1
                     async for note in conn.notifies():
-                        name, _, pos = note.payload.rpartition(":")
-                        self._advance(name, int(pos))
+                        if note.channel == POSITIONS_CHANNEL:
+                            name, _, pos = note.payload.rpartition(":")
+                            self._advance(name, int(pos))
                         await self._notify_all()
             except (psycopg.OperationalError, OSError) as exc:
                 log.warning("position watcher lost its connection (%s); reconnecting", exc)
@@ -79,6 +89,10 @@ class PositionWatcher:
         # Wake everyone waiting on the current generation, and start a new one.
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def generation(self) -> asyncio.Event:
+        """An event set at the next change (projection commit or event append)."""
+        return self._changed
 
     async def wait_for(self, name: str, position: int, timeout: float) -> bool:
         """True once projection ``name`` has committed ``position``; False on timeout."""

@@ -22,6 +22,7 @@ import events  # noqa: F401  (registers every message type)
 from events.base import Command, UnknownMessageTypeError, load
 from events.envelope import describe_validation_error
 from events.topics import CONTEXTS
+from infra.commands.breakers import app as breakers_app
 from infra.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Universal AI Tools: event-sourced AI backend.")
@@ -33,6 +34,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(projections_app, name="projections")
 app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
+app.add_typer(breakers_app, name="breakers")
 
 console = Console(stderr=True)
 

@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KIB = 1024
+
+
+class RateLimitPolicy(BaseModel):
+    """``limit`` units per ``period_s`` (GCRA: a full bucket allows ``limit`` at once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(ge=1, le=1_000_000)
+    period_s: float = Field(gt=0, le=86_400)
+    cost: int = Field(default=1, ge=1, description="units one request takes")
+    fail_open: bool = Field(default=True, description="allow requests while Redis is down")
+
+    @model_validator(mode="after")
+    def _cost_fits(self) -> RateLimitPolicy:
+        if self.cost > self.limit:
+            raise ValueError(f"cost {self.cost} is over the limit {self.limit}: nothing would pass")
+        return self
+
+
+# Knowledge writes fail open: Redis only guards the door, Kafka absorbs a burst and the body size
+# limit still holds, so a Redis outage must not become an outage of the write API. Account
+# routes (login, register) fail closed: unthrottled guessing is the attack they exist to stop.
+DEFAULT_RATE_LIMIT_POLICIES: dict[str, dict[str, Any]] = {
+    "default": {"limit": 100, "period_s": 60, "cost": 1, "fail_open": True},
+    "knowledge": {"limit": 40, "period_s": 60, "cost": 1, "fail_open": True},
+    "login": {"limit": 5, "period_s": 900, "cost": 1, "fail_open": False},
+    "register": {"limit": 3, "period_s": 3600, "cost": 1, "fail_open": False},
+}
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
 
 
 class Settings(BaseSettings):
@@ -71,6 +104,69 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(default=30.0, gt=0, description="cap on Prefer: wait=N and ?after=")
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
+
+    # Redis (rate limits and idempotency keys), shared by every ingress replica
+    redis_pool_max: int = Field(default=50, ge=1, description="ingress Redis connections")
+    redis_timeout_s: float = Field(
+        default=0.25, gt=0, description="Redis connect, read and pool-wait timeout"
+    )
+
+    # Rate limits: JSON overrides merged over DEFAULT_RATE_LIMIT_POLICIES, per policy and field
+    rate_limit_enabled: bool = True
+    rate_limit_policies: dict[str, RateLimitPolicy] = Field(
+        default_factory=lambda: {
+            name: RateLimitPolicy(**spec) for name, spec in DEFAULT_RATE_LIMIT_POLICIES.items()
+        }
+    )
+    rate_limit_exempt: str = Field(
+        default="", description="client CIDRs never limited (comma-separated); none by default"
+    )
+    trusted_proxies: str = Field(
+        default="", description="CIDRs whose X-Forwarded-For is honoured (comma-separated)"
+    )
+
+    # Idempotency-Key
+    idempotency_ttl_s: int = Field(default=86_400, ge=1, description="how long answers replay")
+
+    # Circuit breakers around external calls: defaults of workers.breaker.BreakerConfig
+    breaker_window_size: int = Field(default=20, ge=1, le=1000, description="calls in the window")
+    breaker_min_calls: int = Field(default=10, ge=1, description="calls before rates count")
+    breaker_failure_rate: float = Field(default=50.0, gt=0, le=100, description="percent")
+    breaker_slow_call_s: float = Field(default=10.0, gt=0, description="slower calls are slow")
+    breaker_slow_call_rate: float = Field(default=80.0, gt=0, le=100, description="percent")
+    breaker_call_timeout_s: float = Field(default=30.0, gt=0, description="a call is cut after")
+    breaker_open_wait_s: float = Field(default=30.0, gt=0, description="open before half-open")
+    breaker_half_open_probes: int = Field(default=3, ge=1, le=100, description="trial calls")
+
+    @field_validator("rate_limit_policies", mode="before")
+    @classmethod
+    def _merge_policies(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: dict(v) for k, v in DEFAULT_RATE_LIMIT_POLICIES.items()}
+        for name, spec in value.items():
+            if isinstance(spec, RateLimitPolicy):
+                spec = spec.model_dump()
+            if not isinstance(spec, dict):
+                raise ValueError(f"rate limit policy {name!r} must be an object")
+            merged[name] = {**merged.get(name, {}), **spec}
+        return merged
+
+    @field_validator("rate_limit_exempt", "trusted_proxies")
+    @classmethod
+    def _check_cidrs(cls, value: str) -> str:
+        _networks(value)  # raises ValueError on a bad CIDR
+        return value
+
+    @property
+    def rate_limit_exempt_networks(
+        self,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _networks(self.rate_limit_exempt)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _networks(self.trusted_proxies)
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

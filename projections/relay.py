@@ -90,22 +90,25 @@ class EventRelay:
         self.producer.send_all(event_topic(self.context), [record(self.context, e) for e in batch])
 
 
+def public_form(context: str, env: Envelope) -> dict[str, Any]:
+    """A stored event as outside consumers see it (relay, replay, the HTTP event stream)."""
+    return {
+        "event_id": f"{context}:{env.position}",
+        "position": env.position,
+        "type": env.event.TYPE,
+        "version": env.event.VERSION,
+        "occurred_at": env.occurred_at,
+        "aggregate_id": str(env.aggregate_id),
+        "aggregate_version": env.aggregate_version,
+        "meta": {k: v for k, v in env.meta.items() if k != "traceparent"},
+        "data": env.event.model_dump(mode="json"),
+    }
+
+
 def record(context: str, env: Envelope) -> Record:
-    """A stored event as outside consumers get it (the relay and ``uait replay``)."""
+    """A stored event as a Kafka record: key = aggregate id, value = its public form."""
     event_id = f"{context}:{env.position}"
-    value = orjson.dumps(
-        {
-            "event_id": event_id,
-            "position": env.position,
-            "type": env.event.TYPE,
-            "version": env.event.VERSION,
-            "occurred_at": env.occurred_at,
-            "aggregate_id": str(env.aggregate_id),
-            "aggregate_version": env.aggregate_version,
-            "meta": {k: v for k, v in env.meta.items() if k != "traceparent"},
-            "data": env.event.model_dump(mode="json"),
-        }
-    )
+    value = orjson.dumps(public_form(context, env))
     headers = [("event_id", event_id.encode()), ("type", env.event.TYPE.encode())]
     if traceparent := env.meta.get("traceparent"):
         headers.append(("traceparent", str(traceparent).encode()))

@@ -171,6 +171,48 @@ PROJECTION_UP = Gauge(
     registry=REGISTRY,
 )
 
+# Rate limits and idempotency keys (ingress)
+RATELIMIT_DECISIONS = Counter(
+    "uait_ratelimit_decisions_total",
+    "Rate-limit decisions by policy and decision (allowed, limited, failed_open, failed_closed).",
+    ["policy", "decision"],
+    registry=REGISTRY,
+)
+RATELIMIT_CHECK_DURATION = Histogram(
+    "uait_ratelimit_check_duration_seconds",
+    "Time of one rate-limit check (one Lua call to Redis covering every stacked limit).",
+    buckets=(0.0001, 0.00025, 0.0005, *_LATENCY),
+    registry=REGISTRY,
+)
+IDEMPOTENCY_REQUESTS = Counter(
+    "uait_idempotency_requests_total",
+    "Requests with an Idempotency-Key, by result (first, replayed, in_flight, mismatch, "
+    "released, invalid, unavailable).",
+    ["result"],
+    registry=REGISTRY,
+)
+
+# Circuit breakers around external calls (state as last seen by this process)
+BREAKER_STATE = Gauge(
+    "uait_breaker_state",
+    "State of a circuit breaker as last seen by this process: 0 closed, 1 open, 2 half-open, "
+    "3 forced open, 4 forced closed.",
+    ["breaker"],
+    registry=REGISTRY,
+)
+BREAKER_CALLS = Counter(
+    "uait_breaker_calls_total",
+    "Calls through a circuit breaker, by result (success, failure, slow, timeout, rejected).",
+    ["breaker", "result"],
+    registry=REGISTRY,
+)
+BREAKER_TRANSITIONS = Counter(
+    "uait_breaker_transitions_total",
+    "State changes of a circuit breaker made by this process, by the state it went to.",
+    ["breaker", "to"],
+    registry=REGISTRY,
+)
+
 _SUFFIXES = {
     "counter": ("_total",),
     "gauge": ("",),

@@ -1,0 +1,295 @@
+"""Rate limits shared by every ingress replica: GCRA in Redis, one atomic Lua call per request.
+
+A request is matched to a stack of limits (e.g. a knowledge write counts against ``knowledge``
+and ``default``). The script checks every limit of the stack and counts the request in all of
+them only when all allow it, so a request refused by one limit consumes nothing of the others.
+Keys are ``rl:{policy}:{scope}:{id}``; the scope is ``ip`` until identity exists (``user``,
+``key`` or ``account_ip`` can be added without changing the script).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+from redis.exceptions import RedisError
+
+from app.clientip import client_ip, in_networks
+from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from redis.asyncio import Redis
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from infra.settings import RateLimitPolicy, Settings
+
+log = logging.getLogger("uait.ingress")
+
+# GCRA per key: TAT (theoretical arrival time, microseconds of the Redis clock) in a string key.
+# Emission interval T = period / limit; a request of cost c fits when new_tat - now <= period,
+# with new_tat = max(tat, now) + T * c. Two passes: decide every key, then write all or none.
+# Returns {allowed, then per key: remaining units, us until the bucket is full, us to wait}.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local allowed = 1
+local tats = {}
+for i = 1, n do
+  local period = tonumber(ARGV[3 * i - 2])
+  local limit = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local stored = redis.call('GET', KEYS[i])
+  local tat = now
+  if stored then tat = math.max(tonumber(stored), now) end
+  local new_tat = tat + (period / limit) * cost
+  if new_tat - now > period + 0.5 then allowed = 0 end
+  tats[i] = {tat, new_tat, period, limit, cost}
+end
+local out = {allowed}
+for i = 1, n do
+  local tat, new_tat, period, limit, cost = unpack(tats[i])
+  local interval = period / limit
+  local wait = 0
+  if allowed == 1 then
+    tat = new_tat
+    redis.call('SET', KEYS[i], string.format('%.0f', tat),
+               'PX', math.max(1, math.ceil((tat - now) / 1000)))
+  else
+    wait = math.max(0, new_tat - period - now)
+  end
+  local remaining = math.floor((period - (tat - now)) / interval + 1e-6)
+  out[#out + 1] = math.max(0, remaining)
+  out[#out + 1] = math.ceil(tat - now)
+  out[#out + 1] = math.ceil(wait)
+end
+return out
+"""
+
+ALLOWED = "allowed"
+LIMITED = "limited"
+FAILED_OPEN = "failed_open"
+FAILED_CLOSED = "failed_closed"
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# (methods or None for any, path prefix, policies), first match wins; every /v1 path matches
+# the last row. Account routes will add ("POST", "/v1/auth/login", ("login",)) with an
+# ``account_ip`` scope.
+ROUTE_GROUPS: tuple[tuple[frozenset[str] | None, str, tuple[str, ...]], ...] = (
+    (WRITE_METHODS, "/v1/knowledge", ("knowledge", "default")),
+    (None, "/v1", ("default",)),
+)
+
+
+def policies_for(method: str, path: str) -> tuple[str, ...]:
+    """The stack of policies a request counts against (empty: not limited)."""
+    for methods, prefix, policies in ROUTE_GROUPS:
+        if (methods is None or method in methods) and (
+            path == prefix or path.startswith(prefix + "/")
+        ):
+            return policies
+    return ()
+
+
+@dataclass(frozen=True)
+class Limit:
+    policy: str
+    spec: RateLimitPolicy
+    scope: str
+    id: str
+
+    @property
+    def key(self) -> str:
+        return f"rl:{self.policy}:{self.scope}:{self.id}"
+
+
+@dataclass(frozen=True)
+class LimitState:
+    policy: str
+    limit: int
+    window_s: int
+    remaining: int
+    reset_us: int
+    retry_us: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    states: tuple[LimitState, ...]
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds until the request would fit every limit (at least 1)."""
+        return retry_after_seconds(max((s.retry_us for s in self.states), default=0))
+
+
+def retry_after_seconds(wait_us: int) -> int:
+    return max(1, math.ceil(wait_us / 1_000_000))
+
+
+def _window(period_s: float) -> int:
+    return max(1, math.ceil(period_s))
+
+
+def policy_header(states: Sequence[LimitState]) -> str:
+    """``RateLimit-Policy`` (draft-ietf-httpapi-ratelimit-headers, structured-field list)."""
+    return ", ".join(f'"{s.policy}";q={s.limit};w={s.window_s}' for s in states)
+
+
+def ratelimit_header(states: Sequence[LimitState]) -> str:
+    """``RateLimit``: remaining units and seconds until the quota is fully restored."""
+    return ", ".join(
+        f'"{s.policy}";r={s.remaining};t={math.ceil(s.reset_us / 1_000_000)}' for s in states
+    )
+
+
+def response_headers(decision: Decision) -> dict[str, str]:
+    """The draft headers for every limit, and the older trio for the closest one."""
+    if not decision.states:
+        return {}
+    tightest = min(decision.states, key=lambda s: (s.remaining, -s.reset_us))
+    headers = {
+        "RateLimit-Policy": policy_header(decision.states),
+        "RateLimit": ratelimit_header(decision.states),
+        "RateLimit-Limit": str(tightest.limit),
+        "RateLimit-Remaining": str(tightest.remaining),
+        "RateLimit-Reset": str(math.ceil(tightest.reset_us / 1_000_000)),
+    }
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after_s)
+    return headers
+
+
+class RateLimiter:
+    """Checks and counts a stack of limits in one EVALSHA (redis-py reloads on NOSCRIPT)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(GCRA_LUA)
+
+    async def check(self, limits: Sequence[Limit]) -> Decision:
+        args: list[str | int] = []
+        for limit in limits:
+            args += [round(limit.spec.period_s * 1_000_000), limit.spec.limit, limit.spec.cost]
+        started = time.perf_counter()
+        try:
+            raw = await self._script(keys=[lim.key for lim in limits], args=args)
+        finally:
+            RATELIMIT_CHECK_DURATION.observe(time.perf_counter() - started)
+        values = [int(v) for v in raw]
+        states = tuple(
+            LimitState(
+                policy=lim.policy,
+                limit=lim.spec.limit,
+                window_s=_window(lim.spec.period_s),
+                remaining=values[1 + 3 * i],
+                reset_us=values[2 + 3 * i],
+                retry_us=values[3 + 3 * i],
+            )
+            for i, lim in enumerate(limits)
+        )
+        return Decision(allowed=values[0] == 1, states=states)
+
+
+class RateLimitMiddleware:
+    """ASGI middleware on /v1: 429 problem+json over a limit; headers on every answer.
+
+    The limiter is taken from ``app.state.ratelimiter`` (set by the lifespan; None without
+    Redis, which is handled like an unreachable Redis).
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.enabled = settings.rate_limit_enabled
+        self.policies = settings.rate_limit_policies
+        self.exempt = settings.rate_limit_exempt_networks
+        self.trusted = settings.trusted_proxy_networks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.enabled:
+            await self.app(scope, receive, send)
+            return
+        names = policies_for(scope["method"], scope["path"])
+        ip = client_ip(scope, self.trusted) if names else ""
+        if not names or in_networks(ip, self.exempt):
+            await self.app(scope, receive, send)
+            return
+        limits = [Limit(n, self.policies[n], "ip", ip) for n in names if n in self.policies]
+        limiter: RateLimiter | None = getattr(scope["app"].state, "ratelimiter", None)
+        try:
+            if limiter is None:
+                raise RedisError("no Redis configured (UAIT_REDIS_URL is empty)")
+            decision = await limiter.check(limits)
+        except (RedisError, OSError) as exc:
+            closed = [lim.policy for lim in limits if not lim.spec.fail_open]
+            for lim in limits:
+                decision_label = FAILED_CLOSED if not lim.spec.fail_open else FAILED_OPEN
+                RATELIMIT_DECISIONS.labels(lim.policy, decision_label).inc()
+            log.warning("rate limiter unavailable (%s); failing %s", exc, closed or "open")
+            if closed:
+                await send_problem(
+                    send,
+                    503,
+                    "Rate limiter unavailable",
+                    f"the {', '.join(closed)} limit cannot be checked; retry later",
+                    "urn:uait:problem:rate-limiter-unavailable",
+                    {"Retry-After": "5"},
+                    scope["path"],
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+        refused = {s.policy for s in decision.states if s.retry_us > 0}
+        for state in decision.states:
+            label = ALLOWED if decision.allowed else LIMITED if state.policy in refused else None
+            if label:
+                RATELIMIT_DECISIONS.labels(state.policy, label).inc()
+        headers = response_headers(decision)
+        if not decision.allowed:
+            await send_problem(
+                send,
+                429,
+                "Too many requests",
+                f"over the {', '.join(sorted(refused))} rate limit; retry after "
+                f"{decision.retry_after_s} s",
+                "urn:uait:problem:rate-limited",
+                headers,
+                scope["path"],
+            )
+            return
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *raw]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def send_problem(
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    type_: str,
+    headers: dict[str, str],
+    instance: str,
+) -> None:
+    body = orjson.dumps(
+        {"type": type_, "title": title, "status": status, "detail": detail, "instance": instance}
+    )
+    raw = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,117 @@
+"""Admin routes for the circuit breakers: list them, force them open or closed, reset them.
+
+The breakers live in Redis. The routes use the Redis client on ``Deps`` when the composition
+root provides one (an attribute ``redis``); otherwise this module creates its own client on the
+first request, from ``UAIT_REDIS_URL`` with the ingress's pool and timeouts, and closes it when the
+app shuts down through the router's own lifespan (FastAPI merges it into the app's when the router
+is included), so the app's lifespan needs no change for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.deps import Deps, deps
+from app.problems import ProblemError
+from app.redis_client import create_redis
+from workers.breaker import NAME_PATTERN, BreakerRegistry, BreakerStatus
+
+log = logging.getLogger("uait.ingress.breakers")
+
+_STATE_ATTR = "breakers_redis"
+
+
+@asynccontextmanager
+async def _close_own_client(app: FastAPI) -> Any:
+    try:
+        yield
+    finally:
+        client: Redis | None = getattr(app.state, _STATE_ATTR, None)
+        if client is not None:
+            setattr(app.state, _STATE_ATTR, None)
+            with contextlib.suppress(Exception):
+                await client.aclose(close_connection_pool=True)
+
+
+router = APIRouter(prefix="/v1/admin/breakers", tags=["admin"], lifespan=_close_own_client)
+
+
+async def _redis(request: Request, d: Deps) -> Redis:
+    shared: Redis | None = getattr(d, "redis", None)
+    if shared is not None:
+        return shared
+    state = request.app.state
+    client: Redis | None = getattr(state, _STATE_ATTR, None)
+    if client is not None:
+        return client
+    # No await from the check above to here: two requests cannot both create a client.
+    client = create_redis(d.settings)
+    if client is None:
+        raise ProblemError(
+            503, "Breakers not available", "UAIT_REDIS_URL is empty: breakers need Redis"
+        )
+    setattr(state, _STATE_ATTR, client)
+    return client
+
+
+async def registry(request: Request, d: Annotated[Deps, Depends(deps)]) -> BreakerRegistry:
+    return BreakerRegistry(await _redis(request, d))
+
+
+Registry = Annotated[BreakerRegistry, Depends(registry)]
+BreakerName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=100)]
+
+
+def _unavailable(exc: RedisError) -> ProblemError:
+    return ProblemError(503, "Redis unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+@router.get("")
+async def list_breakers(reg: Registry) -> dict[str, list[BreakerStatus]]:
+    """Every breaker any process has used: state, window (calls, failure and slow-call rates,
+    probes in flight) and the config it was last used with."""
+    try:
+        return {"breakers": await reg.statuses()}
+    except RedisError as exc:
+        raise _unavailable(exc) from exc
+
+
+async def _steer(reg: BreakerRegistry, name: str, action: str) -> BreakerStatus:
+    try:
+        if not await reg.exists(name):
+            raise ProblemError(404, "Unknown breaker", f"no breaker named {name!r}")
+        breaker = await reg.get(name)
+        if action == "open":
+            await breaker.force_open("forced open through the admin API")
+        elif action == "close":
+            await breaker.force_close("forced closed through the admin API")
+        else:
+            await breaker.reset("reset through the admin API")
+        return await reg.status(name)
+    except RedisError as exc:
+        raise _unavailable(exc) from exc
+
+
+@router.post("/{name}/open")
+async def open_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
+    """Force the breaker open: every call fails fast (or gets its fallback) until a reset."""
+    return await _steer(reg, name, "open")
+
+
+@router.post("/{name}/close")
+async def close_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
+    """Force the breaker closed: every call goes through until a reset."""
+    return await _steer(reg, name, "close")
+
+
+@router.post("/{name}/reset")
+async def reset_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
+    """Back to closed with an empty window (ends a forced state)."""
+    return await _steer(reg, name, "reset")
