@@ -8,11 +8,12 @@ Only event types marked public are served; command outcomes stay internal. Every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 from psycopg.rows import dict_row
@@ -158,3 +159,43 @@ async def stream_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.websocket("/ws")
+async def events_socket(
+    websocket: WebSocket,
+    context: str = "knowledge",
+    from_position: Annotated[int | None, Query(ge=1)] = None,
+    event_type: Annotated[list[str] | None, Query(alias="type")] = None,
+    last_event_id: str | None = None,
+) -> None:
+    """The same stream over a WebSocket: one JSON text message per event.
+
+    Resume with ``last_event_id=<context>:<position>`` (or ``from_position``).
+    """
+    d: Deps = websocket.app.state.deps
+    try:
+        types = _types(context, event_type)
+        after = await _start(d, context, from_position, None)
+        if last_event_id:
+            prefix, _, text = last_event_id.rpartition(":")
+            if prefix != context or not text.isdigit():
+                raise ProblemError(400, "Bad last_event_id", f"expected {context}:<position>")
+            after = int(text)
+    except ProblemError as exc:
+        await websocket.close(code=1008, reason=exc.detail[:120])
+        return
+    await websocket.accept()
+    position = after
+    try:
+        while True:
+            changed = d.watcher.generation()
+            batch = await _page(d, context, position, types, 500)
+            for event in batch:
+                position = event["position"]
+                await websocket.send_text(orjson.dumps(jsonable_encoder(event)).decode())
+            if len(batch) < 500:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), HEARTBEAT_S)
+    except WebSocketDisconnect:
+        return

@@ -99,3 +99,24 @@ def test_the_event_history_pages_in_store_order_and_refuses_private_types(api):
     assert api.get("/v1/events", params={"context": "nope"}).status_code == 404
     bad = api.get("/v1/events/stream", headers={"Last-Event-ID": "other:1"})
     assert bad.status_code == 400
+
+
+def test_the_websocket_stream_resumes_from_the_last_event_id(base_url: str, api):
+    from websockets.sync.client import connect
+
+    prefix = f"ws-{uuid.uuid4().hex[:6]}"
+    start = ingest(api, f"{prefix}-0", "zero")
+    url = base_url.replace("http://", "ws://") + "/v1/events/ws"
+    with connect(f"{url}?from_position={start - 1}&type=DocumentIngested") as ws:
+        first = orjson.loads(ws.recv(timeout=10))
+    assert first["data"]["document_id"] == f"{prefix}-0"
+    ingest(api, f"{prefix}-1", "one")
+    with connect(f"{url}?type=DocumentIngested&last_event_id={first['event_id']}") as ws:
+        resumed = orjson.loads(ws.recv(timeout=10))
+        ingest(api, f"{prefix}-2", "two")
+        live = orjson.loads(ws.recv(timeout=10))
+    assert [resumed["data"]["document_id"], live["data"]["document_id"]] == [
+        f"{prefix}-1",
+        f"{prefix}-2",
+    ]
+    assert first["position"] < resumed["position"] < live["position"]
