@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=500, ge=1, le=10_000)
     worker_batch_timeout_ms: int = Field(default=50, ge=1)
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    worker_graceful_timeout_s: float = Field(
+        default=15.0, gt=0, description="on SIGTERM, how long in-flight batches may finish"
+    )
     worker_fetch_max_wait_ms: int = Field(
         default=100, ge=1, description="how long the broker may hold a fetch with no data"
     )

@@ -56,7 +56,13 @@ def build_worker(
 ) -> Worker:
     if batch_size is not None:
         settings = settings.model_copy(update={"worker_batch_size": batch_size})
-    broker = KafkaBroker(kafka_bootstrap, client_id="uait-worker")
+    # On SIGTERM FastStream stops fetching and waits up to graceful_timeout for the batch in
+    # hand; its offsets are committed only if it finished, so nothing acknowledged is lost.
+    broker = KafkaBroker(
+        kafka_bootstrap,
+        client_id="uait-worker",
+        graceful_timeout=settings.worker_graceful_timeout_s,
+    )
     stores: dict[str, EventStore] = {}
     for context, decider in deciders(settings).items():
         if contexts and context not in contexts:
