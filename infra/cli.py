@@ -23,6 +23,7 @@ from events.base import Command, UnknownMessageTypeError, load
 from events.envelope import describe_validation_error
 from events.topics import CONTEXTS
 from infra.commands.breakers import app as breakers_app
+from infra.commands.workers import app as workers_app
 from infra.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Universal AI Tools: event-sourced AI backend.")
@@ -35,6 +36,7 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
 app.add_typer(breakers_app, name="breakers")
+app.add_typer(workers_app, name="workers")
 
 console = Console(stderr=True)
 

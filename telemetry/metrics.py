@@ -213,6 +213,13 @@ BREAKER_TRANSITIONS = Counter(
     registry=REGISTRY,
 )
 
+WORKER_PAUSED = Gauge(
+    "uait_worker_paused",
+    "1 while an operator has paused this worker's consumption of a context.",
+    ["context"],
+    registry=REGISTRY,
+)
+
 _SUFFIXES = {
     "counter": ("_total",),
     "gauge": ("",),

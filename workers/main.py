@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -76,4 +77,26 @@ def build_worker(
         )
         broker.include_router(command_router(context, processor, settings))
         log.info("worker subscribed to context %s", context)
-    return Worker(broker=broker, app=FastStream(broker), stores=stores)
+    app = FastStream(broker)
+    if settings.redis_url:
+        _with_pause_control(app, broker, settings.redis_url)
+    return Worker(broker=broker, app=app, stores=stores)
+
+
+def _with_pause_control(app: FastStream, broker: KafkaBroker, redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from workers.control import PauseControl
+
+    tasks: list[asyncio.Task[None]] = []
+
+    @app.after_startup
+    async def start_pause_control() -> None:
+        redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        control = PauseControl(redis, list(broker.subscribers))
+        tasks.append(asyncio.create_task(control.run(), name="pause-control"))
+
+    @app.on_shutdown
+    async def stop_pause_control() -> None:
+        for task in tasks:
+            task.cancel()

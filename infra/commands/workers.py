@@ -1,0 +1,69 @@
+"""``uait workers pause|resume|status``: hold consumption of a context without a rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
+
+from events.topics import CONTEXTS
+from infra.settings import Settings
+from workers.control import paused_contexts, set_paused
+
+app = typer.Typer(no_args_is_help=True, help="Pause and resume command consumption.")
+console = Console(stderr=True)
+
+ContextOption = Annotated[list[str] | None, typer.Option("--context", help="default: all")]
+
+
+def _run(contexts: list[str] | None, paused: bool | None) -> set[str]:
+    settings = Settings()
+    if not settings.redis_url:
+        console.print("[red]UAIT_REDIS_URL is not set[/red]: pausing is shared through Redis")
+        raise typer.Exit(2)
+    chosen = contexts or list(CONTEXTS)
+    unknown = set(chosen) - set(CONTEXTS)
+    if unknown:
+        console.print(f"[red]unknown context(s):[/red] {', '.join(sorted(unknown))}")
+        raise typer.Exit(2)
+
+    async def act() -> set[str]:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            if paused is not None:
+                await set_paused(redis, chosen, paused)
+            return await paused_contexts(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(act())
+    except RedisError as exc:
+        console.print(f"[red]Redis unavailable:[/red] {exc}")
+        raise typer.Exit(3) from None
+
+
+@app.command()
+def pause(context: ContextOption = None) -> None:
+    """Workers stop fetching these contexts (they stay in their group) within a second."""
+    now = _run(context, True)
+    typer.echo(f"paused: {', '.join(sorted(now)) or 'none'}")
+
+
+@app.command()
+def resume(context: ContextOption = None) -> None:
+    """Workers fetch these contexts again, from where they were."""
+    now = _run(context, False)
+    typer.echo(f"paused: {', '.join(sorted(now)) or 'none'}")
+
+
+@app.command()
+def status() -> None:
+    """Which contexts are paused."""
+    now = _run(None, None)
+    for context in CONTEXTS:
+        typer.echo(f"{context}: {'paused' if context in now else 'running'}")
