@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -61,15 +60,11 @@ def _logging(level: str = "INFO", *, service: str | None = None, fmt: str = "jso
         setup_tracing(service)
 
 
-def _serve_metrics(settings: Settings, port: int) -> None:
-    """A small HTTP server with this process's /metrics (each process has its own port)."""
-    if port:
-        from prometheus_client import start_http_server
+def _serve_ops(settings: Settings, port: int, service: str, checks: dict[str, Any]) -> None:
+    """This process's /metrics, /livez, /readyz and /health (each process has its own port)."""
+    from infra import ops
 
-        from telemetry.metrics import REGISTRY
-
-        start_http_server(port, addr=settings.http_host, registry=REGISTRY)
-        logging.getLogger("uait").info("metrics on http://%s:%d/metrics", settings.http_host, port)
+    ops.start(settings, port, service, {**ops.common_checks(settings), **checks})
 
 
 def _ready(settings: Settings, *, need_kafka: bool = True) -> Settings:
@@ -141,13 +136,20 @@ def worker(
     if unknown:
         console.print(f"[red]unknown context(s):[/red] {', '.join(sorted(unknown))}")
         raise typer.Exit(2)
-    _serve_metrics(settings, settings.worker_metrics_port)
+    from infra.ops import kafka_assignment
+
     w = build_worker(
         settings,
         kafka_bootstrap=settings.kafka_bootstrap,
         es_env=eventsourcing_env(settings.database_url),
         contexts=context,
         batch_size=batch_size,
+    )
+    _serve_ops(
+        settings,
+        settings.worker_metrics_port,
+        "uait-worker",
+        {"kafka": kafka_assignment(lambda: list(w.broker.subscribers))},
     )
     try:
         asyncio.run(w.app.run())
@@ -164,7 +166,14 @@ def projections_run(
 
     _logging(service="uait-projections")
     settings = _ready(_settings(), need_kafka=False)
-    _serve_metrics(settings, settings.projections_metrics_port)
+    from infra.ops import projections_lag
+
+    _serve_ops(
+        settings,
+        settings.projections_metrics_port,
+        "uait-projections",
+        {"projections": projections_lag(settings.database_url)},
+    )
     run_projections(settings, names=name)
 
 
@@ -351,7 +360,7 @@ def relay() -> None:
 
     _logging(service="uait-relay")
     settings = _ready(_settings())
-    _serve_metrics(settings, settings.relay_metrics_port)
+    _serve_ops(settings, settings.relay_metrics_port, "uait-relay", {})
     run_relay(settings)
 
 

@@ -87,3 +87,24 @@ def test_readiness_reports_each_dependency(api):
     response = api.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "pass", "checks": {"postgres": "pass", "kafka": "pass"}}
+
+
+def test_workers_and_projections_serve_health_on_their_ops_port(services: Services):
+    env = services.env
+    for port, component in (
+        (env["UAIT_WORKER_METRICS_PORT"], "kafka"),
+        (env["UAIT_PROJECTIONS_METRICS_PORT"], "projections"),
+    ):
+        base = f"http://127.0.0.1:{port}"
+        health = httpx.get(f"{base}/health", timeout=5)
+        assert health.status_code == 200
+        assert health.headers["content-type"] == "application/health+json"
+        body = health.json()
+        assert body["status"] in ("pass", "warn")
+        checks = body["checks"]
+        assert checks["postgres:responseTime"][0]["status"] == "pass"
+        assert checks["postgres:responseTime"][0]["observedUnit"] == "ms"
+        assert checks["redis:responseTime"][0]["status"] == "pass"
+        assert checks[f"{component}:responseTime"][0]["status"] in ("pass", "warn")
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/livez", timeout=5).json() == {"status": "pass"}
