@@ -9,20 +9,23 @@ import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.deps import Deps
+from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.idempotency import IdempotencyMiddleware, IdempotencyStore
 from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
 from app.positions import PositionWatcher
+from app.problems import V1_PROBLEMS, problem_responses
 from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
 from app.ratelimit import RateLimiter, RateLimitMiddleware
@@ -39,6 +42,11 @@ if TYPE_CHECKING:
     from infra.settings import Settings
 
 log = logging.getLogger("uait.ingress")
+
+
+class Readiness(BaseModel):
+    status: Literal["pass", "fail"]
+    checks: dict[str, Literal["pass", "fail"]]
 
 
 def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -> FastAPI:
@@ -107,7 +115,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     app.include_router(knowledge.router)
     app.include_router(commands.router)
     app.include_router(admin.router)
-    app.include_router(events_routes.router)
+    app.include_router(events_routes.router, responses=problem_responses(*V1_PROBLEMS, 400, 404))
     app.include_router(breakers.router)
 
     @app.get("/livez", tags=["health"])
@@ -115,7 +123,14 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         """The process is alive (no dependency is checked)."""
         return {"status": "pass"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={
+            200: {"model": Readiness, "description": "Ready"},
+            503: {"model": Readiness, "description": "Not ready: a check failed"},
+        },
+    )
     async def readyz(request: Request) -> JSONResponse:
         """Ready to take commands: PostgreSQL answers and the broker connection is up."""
         d: Deps = request.app.state.deps
@@ -140,9 +155,15 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
 
     # Idempotency inside the size limit (it buffers the body), rate limits outside it.
     app.add_middleware(IdempotencyMiddleware, settings=settings)
+    # Inside the size limit: the JSON shape is scanned only once the body is known to be bounded.
+    app.add_middleware(
+        JsonBodyGuard, max_depth=settings.json_max_depth, max_items=settings.json_max_items
+    )
     # The largest legitimate body is one document's text plus JSON escaping and metadata.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_text_bytes * 2 + 64 * 1024)
     app.add_middleware(RateLimitMiddleware, settings=settings)
+    install_cors(app, settings)  # outside the limits: a 429 or 413 stays readable by the page
+    install_security_headers(app, settings)  # on every answer, the other middlewares' too
     app.add_middleware(RequestTracing)
     app.add_middleware(RequestMetrics)  # outermost: counts the 413s of the size limit too
     return app

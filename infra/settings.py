@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,20 @@ DEFAULT_RATE_LIMIT_POLICIES: dict[str, dict[str, Any]] = {
 
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
+
+
+_ORIGIN = re.compile(r"^https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """An explicit CORS allow-list: each entry exactly ``scheme://host[:port]``, no wildcard."""
+    origins = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ValueError(
+                f"CORS origin {origin!r} must be scheme://host[:port] (no wildcard, no path)"
+            )
+    return origins
 
 
 class Settings(BaseSettings):
@@ -128,6 +143,20 @@ class Settings(BaseSettings):
         default="", description="CIDRs whose X-Forwarded-For is honoured (comma-separated)"
     )
 
+    # Request hardening
+    json_max_depth: int = Field(
+        default=32, ge=2, le=1000, description="deepest JSON nesting a body may have"
+    )
+    json_max_items: int = Field(
+        default=10_000, ge=1, description="most items of one JSON array or keys of one object"
+    )
+    cors_origins: str = Field(
+        default="", description="origins allowed by CORS (comma-separated); empty: no CORS"
+    )
+    cors_allow_credentials: bool = Field(
+        default=False, description="Access-Control-Allow-Credentials for the allowed origins"
+    )
+
     # Idempotency-Key
     idempotency_ttl_s: int = Field(default=86_400, ge=1, description="how long answers replay")
 
@@ -160,6 +189,16 @@ class Settings(BaseSettings):
     def _check_cidrs(cls, value: str) -> str:
         _networks(value)  # raises ValueError on a bad CIDR
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        _origins(value)  # raises ValueError on a wildcard or anything but scheme://host[:port]
+        return value
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return _origins(self.cors_origins)
 
     @property
     def rate_limit_exempt_networks(

@@ -9,15 +9,15 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Query
 
 from app.deps import Deps, deps
-from app.problems import ProblemError
+from app.problems import V1_PROBLEMS, ProblemError, problem_responses
 from telemetry.metrics import SERIES_NAMES
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(*V1_PROBLEMS))
 
 MAX_POINTS = 11_000  # Prometheus refuses more points per series
 
 
-@router.get("/metrics/{name}")
+@router.get("/metrics/{name}", responses=problem_responses(404, 502))
 async def metric_history(
     d: Annotated[Deps, Depends(deps)],
     name: Annotated[str, Path(pattern=r"^uait_[a-z0-9_]+$", max_length=100)],

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.deps import Deps, deps
-from app.problems import ProblemError
+from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.redis_client import create_redis
 from workers.breaker import NAME_PATTERN, BreakerRegistry, BreakerStatus
 
@@ -40,7 +40,13 @@ async def _close_own_client(app: FastAPI) -> Any:
                 await client.aclose(close_connection_pool=True)
 
 
-router = APIRouter(prefix="/v1/admin/breakers", tags=["admin"], lifespan=_close_own_client)
+router = APIRouter(
+    prefix="/v1/admin/breakers",
+    tags=["admin"],
+    lifespan=_close_own_client,
+    responses=problem_responses(*V1_PROBLEMS),
+)
+STEER_RESPONSES = problem_responses(*V1_WRITE_PROBLEMS, 404)
 
 
 async def _redis(request: Request, d: Deps) -> Redis:
@@ -99,19 +105,19 @@ async def _steer(reg: BreakerRegistry, name: str, action: str) -> BreakerStatus:
         raise _unavailable(exc) from exc
 
 
-@router.post("/{name}/open")
+@router.post("/{name}/open", responses=STEER_RESPONSES)
 async def open_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
     """Force the breaker open: every call fails fast (or gets its fallback) until a reset."""
     return await _steer(reg, name, "open")
 
 
-@router.post("/{name}/close")
+@router.post("/{name}/close", responses=STEER_RESPONSES)
 async def close_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
     """Force the breaker closed: every call goes through until a reset."""
     return await _steer(reg, name, "close")
 
 
-@router.post("/{name}/reset")
+@router.post("/{name}/reset", responses=STEER_RESPONSES)
 async def reset_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
     """Back to closed with an empty window (ends a forced state)."""
     return await _steer(reg, name, "reset")

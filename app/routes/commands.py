@@ -9,13 +9,15 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.encoders import jsonable_encoder
 
 from app.deps import Deps, deps
-from app.problems import ProblemError
+from app.problems import V1_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError
 
-router = APIRouter(prefix="/v1/commands", tags=["commands"])
+router = APIRouter(
+    prefix="/v1/commands", tags=["commands"], responses=problem_responses(*V1_PROBLEMS)
+)
 
 
-@router.get("/{command_id}", name="get_command")
+@router.get("/{command_id}", name="get_command", responses=problem_responses(404))
 async def get_command(command_id: uuid.UUID, d: Annotated[Deps, Depends(deps)]) -> Any:
     """A command's status, timestamps, attempts, error, and the store position of its outcome
     (use it as `?after=` on queries to read your own write)."""
@@ -25,7 +27,7 @@ async def get_command(command_id: uuid.UUID, d: Annotated[Deps, Depends(deps)]) 
     return jsonable_encoder(row)
 
 
-@router.get("")
+@router.get("", responses=problem_responses(400))
 async def list_commands(
     d: Annotated[Deps, Depends(deps)],
     cursor: str | None = None,

@@ -11,16 +11,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.commanding import submit
 from app.deps import Deps, deps
-from app.problems import ProblemError
+from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError
 from events.ids import uuid7
 from events.knowledge.commands import DeleteDocument, DocumentId, IngestDocument, Source, Tag, Text
 from projections.documents import DocumentsProjection
 
-router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
+router = APIRouter(
+    prefix="/v1/knowledge", tags=["knowledge"], responses=problem_responses(*V1_PROBLEMS)
+)
 
 ANONYMOUS = "anonymous"
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+# With `Prefer: wait=N`: the command's outcome, or its rejection (404, 409, 413, 422).
+WRITE_RESPONSES = problem_responses(*V1_WRITE_PROBLEMS, 404)
+
+
+def _outcome(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
 
 
 class IngestDocumentBody(BaseModel):
@@ -57,7 +68,15 @@ async def read_model_at(d: Deps, after: int | None) -> None:
         )
 
 
-@router.post("/documents", status_code=202, response_model=Accepted)
+@router.post(
+    "/documents",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        **WRITE_RESPONSES,
+        201: _outcome("Ingested within `Prefer: wait=N`: the command's outcome"),
+    },
+)
 async def ingest_document(
     body: IngestDocumentBody, request: Request, d: Annotated[Deps, Depends(deps)]
 ) -> JSONResponse:
@@ -88,7 +107,15 @@ async def ingest_document(
     )
 
 
-@router.delete("/documents/{document_id}", status_code=202, response_model=Accepted)
+@router.delete(
+    "/documents/{document_id}",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        **WRITE_RESPONSES,
+        200: _outcome("Deleted within `Prefer: wait=N`: the command's outcome"),
+    },
+)
 async def delete_document(
     document_id: DocumentId, request: Request, d: Annotated[Deps, Depends(deps)]
 ) -> JSONResponse:
@@ -103,7 +130,7 @@ async def delete_document(
     )
 
 
-@router.get("/documents/{document_id}")
+@router.get("/documents/{document_id}", responses=problem_responses(404))
 async def get_document(
     document_id: DocumentId,
     d: Annotated[Deps, Depends(deps)],
@@ -117,7 +144,7 @@ async def get_document(
     return jsonable_encoder(doc)
 
 
-@router.get("/documents")
+@router.get("/documents", responses=problem_responses(400))
 async def list_documents(
     d: Annotated[Deps, Depends(deps)],
     cursor: str | None = None,
