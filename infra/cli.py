@@ -386,6 +386,9 @@ def ingress(
         log_level="warning",
         access_log=False,
         log_config=None,  # keep our JSON handler on the root logger
+        # X-Forwarded-* are honoured only from UAIT_TRUSTED_PROXIES (app.clientip), never by
+        # uvicorn's own default, which trusts any local client.
+        proxy_headers=False,
     )
 
 

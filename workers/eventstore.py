@@ -12,7 +12,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresFactory,
+    PostgresTrackingRecorder,
+)
 from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Identifier
 
@@ -42,8 +46,29 @@ def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> Po
         # The library's insert function (ENABLE_DB_FUNCTIONS) skips the table lock in 9.5, which
         # would let a projection pass over a late-committing event: keep the locked path.
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        # Tables are created once, below, under a lock: the library's CREATE TABLE IF NOT EXISTS
+        # races when a worker and a projection runner start together (duplicate pg_type key).
+        "CREATE_TABLE": "n",
     }
-    return PostgresFactory(Environment(name=context, env=env))
+    factory = PostgresFactory(Environment(name=context, env=env))
+    _create_tables(factory, context)
+    return factory
+
+
+def _create_tables(factory: PostgresFactory, context: str) -> None:
+    datastore = factory.datastore
+    key = f"uait-tables:{context}"
+    with datastore.get_connection() as lock:
+        lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        try:
+            PostgresApplicationRecorder(
+                datastore, events_table_name=f"{context}_events"
+            ).create_table()
+            PostgresTrackingRecorder(
+                datastore, tracking_table_name=f"{context}_tracking"
+            ).create_table()
+        finally:
+            lock.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 class BatchRecorder(PostgresApplicationRecorder):
@@ -110,7 +135,6 @@ class EventStore:
             events_table_name=f"{context}_events",
             commit_times_context=context if _has_commit_times(factory.datastore) else None,
         )
-        self.recorder.create_table()
         self.table = self.recorder.events_table_name
         self._select_streams = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {} "
