@@ -149,6 +149,13 @@ class Queries:
         rows = rows[:limit]
         return rows, encode_cursor(str(rows[-1]["command_id"])) if more else None
 
+    async def head(self, context: str) -> int:
+        """The last position of a context's event store."""
+        row = await self._one(
+            f'SELECT coalesce(max(notification_id), 0) AS head FROM "{context}_events"', ()
+        )
+        return int(row["head"]) if row else 0
+
     async def log_accepted(
         self, command_id: uuid.UUID, context: str, command_type: str, accepted_at: Any
     ) -> None:

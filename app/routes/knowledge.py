@@ -58,6 +58,18 @@ async def read_model_at(d: Deps, after: int | None) -> None:
     """Read-your-writes: wait until the documents read model has reached ``after``."""
     if after is None:
         return
+    if not await d.watcher.wait_for(DocumentsProjection.name, after, 0):
+        # Not there yet. A position past the store's head was never handed out: refuse it at
+        # once instead of holding the connection for the whole wait.
+        head = await d.queries.head(DocumentsProjection.context)
+        if after > head:
+            raise ProblemError(
+                422,
+                "Position beyond the event store",
+                f"position {after} is past the head of the {DocumentsProjection.context} "
+                f"event store ({head}); use a position returned by the API",
+                type_="urn:uait:problem:position-beyond-head",
+            )
     if not await d.watcher.wait_for(DocumentsProjection.name, after, d.settings.max_wait_s):
         raise ProblemError(
             503,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import socket
 import string
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -437,10 +439,10 @@ def test_with_the_broker_unreachable_a_command_is_a_503_problem_within_10_second
         assert_problem(client.get(f"{DOCUMENTS}/{new_id('absent')}"), 404)
 
 
-def test_reading_at_a_position_far_ahead_is_a_503_problem_after_the_wait_cap(
+def test_reading_at_a_position_past_the_store_head_is_refused_at_once(
     start_ingress: IngressStarter,
 ) -> None:
-    ingress = start_ingress(UAIT_MAX_WAIT_S="1")
+    ingress = start_ingress(UAIT_MAX_WAIT_S="5")
     far = 10**12
     with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
         reads: list[tuple[str, dict[str, Any]]] = [
@@ -452,10 +454,41 @@ def test_reading_at_a_position_far_ahead_is_a_503_problem_after_the_wait_cap(
             started = time.monotonic()
             response = client.get(path, params=params)
             elapsed = time.monotonic() - started
-            body = assert_problem(response, 503)
-            assert body["type"] == "urn:uait:problem:read-model-behind"
-            assert int(response.headers["retry-after"]) > 0
-            assert 0.9 <= elapsed < 5, f"{path} took {elapsed:.2f} s"
+            body = assert_problem(response, 422)
+            assert body["type"] == "urn:uait:problem:position-beyond-head"
+            assert elapsed < 2, f"{path} took {elapsed:.2f} s"
+
+
+def test_reading_at_a_position_the_read_model_has_not_reached_is_a_503_after_the_wait_cap(
+    services: Any, start_ingress: IngressStarter, api: httpx.Client
+) -> None:
+    env = {**services.env}
+    run = [sys.executable, "-m", "infra.cli", "projections"]
+    paused = subprocess.run([*run, "pause", "knowledge.documents"], env=env, capture_output=True)
+    assert paused.returncode == 0, paused.stderr
+    try:
+        answer = api.post(
+            DOCUMENTS,
+            json={"title": "Behind", "text": "the documents projection is paused"},
+            headers={"Prefer": "wait=20"},
+        )
+        assert answer.status_code == 201  # the outcome projection still runs
+        position = answer.json()["position"]
+        ingress = start_ingress(UAIT_MAX_WAIT_S="1")
+        with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
+            started = time.monotonic()
+            response = client.get(DOCUMENTS, params={"after": position})
+            elapsed = time.monotonic() - started
+        body = assert_problem(response, 503)
+        assert body["type"] == "urn:uait:problem:read-model-behind"
+        assert int(response.headers["retry-after"]) > 0
+        assert 0.9 <= elapsed < 5
+    finally:
+        resumed = subprocess.run(
+            [*run, "resume", "knowledge.documents"], env=env, capture_output=True
+        )
+        assert resumed.returncode == 0, resumed.stderr
+    assert api.get(DOCUMENTS, params={"after": position}).status_code == 200
 
 
 # -- documentation -----------------------------------------------------------------------------
