@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, cast
 from fastapi import Request  # noqa: TC002  (FastAPI resolves this annotation at runtime)
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from app.positions import PositionWatcher
     from app.publisher import CommandPublisher
     from app.queries import Queries
@@ -20,6 +22,8 @@ class Deps:
     publisher: CommandPublisher
     queries: Queries
     watcher: PositionWatcher
+    redis: Redis | None = None
+    """The process's one Redis client (rate limits, idempotency, breakers, worker control)."""
 
 
 def deps(request: Request) -> Deps:

@@ -5,12 +5,12 @@ No write logic lives here: every state change is a command on Kafka.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,6 +21,7 @@ import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
+from app.health import IngressHealth
 from app.idempotency import IdempotencyMiddleware, IdempotencyStore
 from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
@@ -32,6 +33,7 @@ from app.ratelimit import RateLimiter, RateLimitMiddleware
 from app.redis_client import create_redis
 from app.routes import admin, breakers, commands, knowledge
 from app.routes import events as events_routes
+from app.routes import workers as workers_routes
 from events.topics import CONTEXTS
 from projections.registry import all_projections
 from telemetry.metrics import REGISTRY
@@ -89,8 +91,13 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
                 in_flight_s=settings.publish_timeout_s + settings.max_wait_s + 30,
             )
         app.state.deps = Deps(
-            settings=settings, publisher=publisher, queries=Queries(pool), watcher=watcher
+            settings=settings,
+            publisher=publisher,
+            queries=Queries(pool),
+            watcher=watcher,
+            redis=redis,
         )
+        app.state.health = IngressHealth(app.state.deps)
         try:
             yield
         finally:
@@ -117,6 +124,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     app.include_router(admin.router)
     app.include_router(events_routes.router, responses=problem_responses(*V1_PROBLEMS, 400, 404))
     app.include_router(breakers.router)
+    app.include_router(workers_routes.router)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:
@@ -132,21 +140,35 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         },
     )
     async def readyz(request: Request) -> JSONResponse:
-        """Ready to take commands: PostgreSQL answers and the broker connection is up."""
-        d: Deps = request.app.state.deps
-        checks = {"postgres": "pass", "kafka": "pass"}
-        try:
-            async with d.queries.pool.connection(timeout=1.0) as conn:
-                await conn.execute("SELECT 1")
-        except Exception:
-            checks["postgres"] = "fail"
-        try:
-            await asyncio.wait_for(d.publisher.start(), 1.0)
-        except Exception:
-            checks["kafka"] = "fail"
-        ok = all(v == "pass" for v in checks.values())
+        """Ready to take commands: PostgreSQL, Kafka and Redis answer (lag never fails it)."""
+        report = await request.app.state.health.report()
+        checks = {
+            name.split(":")[0]: "fail" if entries[0]["status"] == "fail" else "pass"
+            for name, entries in report["checks"].items()
+        }
+        ok = report["status"] != "fail"
         return JSONResponse(
             {"status": "pass" if ok else "fail", "checks": checks}, status_code=200 if ok else 503
+        )
+
+    health_json = {"application/health+json": {"schema": {"type": "object"}}}
+
+    @app.get(
+        "/health",
+        tags=["health"],
+        response_class=Response,
+        responses={
+            200: {"description": "Every check passes or only warns", "content": health_json},
+            503: {"description": "A check fails", "content": health_json},
+        },
+    )
+    async def health(request: Request) -> Response:
+        """Every check in application/health+json, with observed latency; lag only warns."""
+        report = await request.app.state.health.report()
+        return Response(
+            orjson.dumps(report),
+            status_code=503 if report["status"] == "fail" else 200,
+            media_type="application/health+json",
         )
 
     @app.get("/metrics", include_in_schema=False)

@@ -46,6 +46,26 @@ def timed(fn: Callable[[], str | None]) -> CheckResult:
     return CheckResult("warn" if warning else "pass", warning or "", round(elapsed, 2))
 
 
+def health_document(service: str, results: dict[str, CheckResult]) -> dict[str, Any]:
+    """The ``application/health+json`` body for these check results."""
+    statuses = {r.status for r in results.values()}
+    overall: Status = "pass"
+    if "fail" in statuses:
+        overall = "fail"
+    elif "warn" in statuses:
+        overall = "warn"
+    at = datetime.now(UTC).isoformat()
+    checks: dict[str, Any] = {}
+    for name, r in results.items():
+        entry: dict[str, Any] = {"status": r.status, "time": at}
+        if r.observed_ms is not None:
+            entry.update(observedValue=r.observed_ms, observedUnit="ms")
+        if r.output:
+            entry["output"] = r.output
+        checks[f"{name}:responseTime"] = [entry]
+    return {"status": overall, "serviceId": service, "checks": checks}
+
+
 class Health:
     def __init__(self, service: str, checks: dict[str, Callable[[], CheckResult]]) -> None:
         self.service = service
@@ -59,30 +79,7 @@ class Health:
             if self._cached and now - self._cached[0] < 1.0:
                 return self._cached[1]
             results = {name: check() for name, check in self.checks.items()}
-            statuses = {r.status for r in results.values()}
-            overall: Status = (
-                "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
-            )
-            at = datetime.now(UTC).isoformat()
-            body = {
-                "status": overall,
-                "serviceId": self.service,
-                "checks": {
-                    f"{name}:responseTime": [
-                        {
-                            "status": r.status,
-                            "time": at,
-                            **(
-                                {"observedValue": r.observed_ms, "observedUnit": "ms"}
-                                if r.observed_ms is not None
-                                else {}
-                            ),
-                            **({"output": r.output} if r.output else {}),
-                        }
-                    ]
-                    for name, r in results.items()
-                },
-            }
+            body = health_document(self.service, results)
             self._cached = (now, body)
             return body
 

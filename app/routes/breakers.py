@@ -1,70 +1,37 @@
 """Admin routes for the circuit breakers: list them, force them open or closed, reset them.
 
-The breakers live in Redis. The routes use the Redis client on ``Deps`` when the composition
-root provides one (an attribute ``redis``); otherwise this module creates its own client on the
-first request, from ``UAIT_REDIS_URL`` with the ingress's pool and timeouts, and closes it when the
-app shuts down through the router's own lifespan (FastAPI merges it into the app's when the router
-is included), so the app's lifespan needs no change for it.
+The breakers live in Redis, reached through the ingress's one Redis client (``Deps.redis``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
-from app.redis_client import create_redis
 from workers.breaker import NAME_PATTERN, BreakerRegistry, BreakerStatus
 
 log = logging.getLogger("uait.ingress.breakers")
 
-_STATE_ATTR = "breakers_redis"
-
-
-@asynccontextmanager
-async def _close_own_client(app: FastAPI) -> Any:
-    try:
-        yield
-    finally:
-        client: Redis | None = getattr(app.state, _STATE_ATTR, None)
-        if client is not None:
-            setattr(app.state, _STATE_ATTR, None)
-            with contextlib.suppress(Exception):
-                await client.aclose(close_connection_pool=True)
-
-
 router = APIRouter(
     prefix="/v1/admin/breakers",
     tags=["admin"],
-    lifespan=_close_own_client,
     responses=problem_responses(*V1_PROBLEMS),
 )
 STEER_RESPONSES = problem_responses(*V1_WRITE_PROBLEMS, 404)
 
 
 async def _redis(request: Request, d: Deps) -> Redis:
-    shared: Redis | None = getattr(d, "redis", None)
-    if shared is not None:
-        return shared
-    state = request.app.state
-    client: Redis | None = getattr(state, _STATE_ATTR, None)
-    if client is not None:
-        return client
-    # No await from the check above to here: two requests cannot both create a client.
-    client = create_redis(d.settings)
-    if client is None:
+    if d.redis is None:
         raise ProblemError(
             503, "Breakers not available", "UAIT_REDIS_URL is empty: breakers need Redis"
         )
-    setattr(state, _STATE_ATTR, client)
-    return client
+    return d.redis
 
 
 async def registry(request: Request, d: Annotated[Deps, Depends(deps)]) -> BreakerRegistry:

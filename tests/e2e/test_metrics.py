@@ -86,7 +86,33 @@ def test_ingress_worker_and_projections_each_export_their_series(services: Servi
 def test_readiness_reports_each_dependency(api):
     response = api.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "pass", "checks": {"postgres": "pass", "kafka": "pass"}}
+    assert response.json() == {
+        "status": "pass",
+        "checks": {"postgres": "pass", "kafka": "pass", "redis": "pass", "projections": "pass"},
+    }
+    health = api.get("/health")
+    assert health.status_code == 200
+    assert health.headers["content-type"] == "application/health+json"
+    body = health.json()
+    assert body["serviceId"] == "uait-ingress"
+    assert body["checks"]["postgres:responseTime"][0]["observedUnit"] == "ms"
+    assert set(body["checks"]) == {
+        "postgres:responseTime",
+        "kafka:responseTime",
+        "redis:responseTime",
+        "projections:responseTime",
+    }
+
+
+def test_workers_can_be_paused_and_resumed_over_http(api):
+    assert api.get("/v1/admin/workers").json() == {"contexts": {"knowledge": "running"}}
+    paused = api.post("/v1/admin/workers/knowledge/pause")
+    assert paused.status_code == 200
+    assert paused.json() == {"contexts": {"knowledge": "paused"}}
+    resumed = api.post("/v1/admin/workers/knowledge/resume")
+    assert resumed.json() == {"contexts": {"knowledge": "running"}}
+    assert api.post("/v1/admin/workers/nope/pause").status_code == 404
+    assert api.post("/v1/admin/workers/knowledge/explode").status_code == 422
 
 
 def test_workers_and_projections_serve_health_on_their_ops_port(services: Services):
