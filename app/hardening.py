@@ -13,9 +13,10 @@ import hashlib
 import re
 from typing import TYPE_CHECKING
 
-import orjson
 from starlette.middleware.cors import CORSMiddleware
 
+from app.asgi import replay as _replay
+from app.asgi import send_problem
 from app.clientip import in_networks
 
 if TYPE_CHECKING:
@@ -101,14 +102,14 @@ class JsonBodyGuard:
             return
         media_type = _media_type(headers)
         if not is_json_media_type(media_type):
-            await _send_problem(
+            await send_problem(
                 send,
                 415,
                 "Unsupported media type",
                 f"request bodies must be application/json, not {media_type or 'untyped'}",
                 "urn:uait:problem:unsupported-media-type",
-                scope["path"],
                 {"Accept-Post": "application/json"},
+                scope["path"],
             )
             return
         chunks: list[bytes] = []
@@ -123,12 +124,13 @@ class JsonBodyGuard:
         body = b"".join(chunks)
         error = json_shape_error(body, self.max_depth, self.max_items)
         if error is not None:
-            await _send_problem(
+            await send_problem(
                 send,
                 400,
                 "JSON too complex",
                 error,
                 "urn:uait:problem:json-too-complex",
+                {},
                 scope["path"],
             )
             return
@@ -302,37 +304,3 @@ def install_security_headers(app: FastAPI, settings: Settings) -> None:
         trusted_proxies=settings.trusted_proxy_networks,
         docs_paths=[p for p in docs if p],
     )
-
-
-async def _send_problem(
-    send: Send,
-    status: int,
-    title: str,
-    detail: str,
-    type_: str,
-    instance: str,
-    headers: dict[str, str] | None = None,
-) -> None:
-    body = orjson.dumps(
-        {"type": type_, "title": title, "status": status, "detail": detail, "instance": instance}
-    )
-    raw = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    pending = list(messages)
-
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
-
-    return receive

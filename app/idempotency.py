@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError
 
+from app.asgi import replay as _replay
+from app.asgi import send_problem
 from app.clientip import client_ip
-from app.ratelimit import send_problem
 from telemetry.metrics import IDEMPOTENCY_REQUESTS
 
 if TYPE_CHECKING:
@@ -249,16 +250,3 @@ async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), None
-
-
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    pending = list(messages)
-
-    async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
-
-    return receive

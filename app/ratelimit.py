@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import orjson
 from redis.exceptions import RedisError
 
+from app.asgi import send_problem
 from app.clientip import client_ip, in_networks
 from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
 
@@ -272,24 +272,3 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
-
-
-async def send_problem(
-    send: Send,
-    status: int,
-    title: str,
-    detail: str,
-    type_: str,
-    headers: dict[str, str],
-    instance: str,
-) -> None:
-    body = orjson.dumps(
-        {"type": type_, "title": title, "status": status, "detail": detail, "instance": instance}
-    )
-    raw = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
