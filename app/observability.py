@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import SpanKind, StatusCode
 
-from telemetry.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from telemetry.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, HTTP_WAIT_DURATION
 from telemetry.tracing import extract, tracer
 
 if TYPE_CHECKING:
@@ -44,7 +44,16 @@ class RequestMetrics:
             template = getattr(route, "path", None) or UNMATCHED
             method = scope["method"]
             HTTP_REQUESTS.labels(template, method, str(status)).inc()
-            HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+            # Requests that asked to wait (Prefer: wait, ?after=) are timed apart: their
+            # duration is the client's choice and would drown the latency SLO.
+            histogram = HTTP_WAIT_DURATION if _asked_to_wait(scope) else HTTP_DURATION
+            histogram.labels(template, method).observe(time.perf_counter() - started)
+
+
+def _asked_to_wait(scope: Scope) -> bool:
+    if b"after=" in scope.get("query_string", b""):
+        return True
+    return any(name == b"prefer" and b"wait" in value.lower() for name, value in scope["headers"])
 
 
 class RequestTracing:

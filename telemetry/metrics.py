@@ -39,6 +39,14 @@ HTTP_DURATION = Histogram(
     buckets=_LATENCY,
     registry=REGISTRY,
 )
+HTTP_WAIT_DURATION = Histogram(
+    "uait_http_waiting_request_duration_seconds",
+    "Time to answer requests that asked to wait (Prefer: wait=N, ?after=), kept out of the "
+    "latency SLO, by route template and method.",
+    ["route", "method"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
 HTTP_IN_FLIGHT = Gauge(
     "uait_http_requests_in_flight", "HTTP requests being answered now.", registry=REGISTRY
 )

@@ -52,6 +52,9 @@ def test_ingress_worker_and_projections_each_export_their_series(services: Servi
     assert value(ingress, "uait_http_requests_total", route=route, status="200") >= 1
     assert value(ingress, "uait_http_requests_total", route=route, status="404") >= 1
     assert value(ingress, "uait_http_request_duration_seconds_count", route=route) >= 2
+    # the POST asked to wait for its outcome: timed apart, out of the latency SLO
+    waited = {"route": "/v1/knowledge/documents", "method": "POST"}
+    assert value(ingress, "uait_http_waiting_request_duration_seconds_count", **waited) >= 1
     # route templates only: no raw document ids as label values
     assert not any(doc in str(labels) for _, labels in ingress)
     assert (
