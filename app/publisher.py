@@ -93,10 +93,6 @@ class CommandPublisher:
         if producer is not None:
             await producer.stop()
 
-    @property
-    def connected(self) -> bool:
-        return self._producer is not None
-
     async def _ensure(self) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer

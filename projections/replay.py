@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 PAGE = 2000
 
+FIRST_POSITION_SINCE = (
+    "SELECT min(first_position) AS p FROM event_commit_times"
+    " WHERE context = %s AND committed_at >= %s"
+)
+
 
 @dataclass(frozen=True)
 class Window:
@@ -49,11 +54,7 @@ def window(
     until = store.head()
     with store.datastore.get_connection() as conn:
         if from_time is not None:
-            row = conn.execute(
-                "SELECT min(first_position) AS p FROM event_commit_times"
-                " WHERE context = %s AND committed_at >= %s",
-                (store.context, from_time),
-            ).fetchone()
+            row = conn.execute(FIRST_POSITION_SINCE, (store.context, from_time)).fetchone()
             first = row["p"] if row else None
             after = max(after, (first - 1) if first is not None else until)
         if to_time is not None:

@@ -26,6 +26,7 @@ from events.stored import decode
 from events.topics import CONTEXTS
 from projections.base import Envelope
 from projections.relay import public_form
+from projections.replay import FIRST_POSITION_SINCE
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -78,22 +79,11 @@ async def _start(
     after = max((from_position or 1) - 1, 0)
     if from_time is not None:
         async with d.queries.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT min(first_position) FROM event_commit_times"
-                " WHERE context = %s AND committed_at >= %s",
-                (context, from_time),
-            )
+            cur = await conn.execute(FIRST_POSITION_SINCE, (context, from_time))
             row = await cur.fetchone()
         first = row[0] if row else None
         if first is None:  # nothing committed since then: start at the head
-            async with d.queries.pool.connection() as conn:
-                cur = await conn.execute(
-                    SQL("SELECT coalesce(max(notification_id), 0) FROM {}").format(
-                        Identifier(f"{context}_events")
-                    )
-                )
-                head = await cur.fetchone()
-            return int(head[0]) if head else 0
+            return await d.queries.head(context)
         after = max(after, int(first) - 1)
     return after
 

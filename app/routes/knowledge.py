@@ -174,9 +174,7 @@ async def list_documents(
 @router.get("/search")
 async def search(
     d: Annotated[Deps, Depends(deps)],
-    q: Annotated[
-        str, Query(min_length=1, max_length=1000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
-    ],
+    q: Annotated[str, Query(min_length=1, max_length=1000, pattern=NO_CONTROL_CHARACTERS)],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:
