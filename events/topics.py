@@ -17,6 +17,11 @@ def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+def retry_topic(topic: str) -> str:
+    """Where a command that failed transiently waits for its next attempt."""
+    return f"{topic}.retry"
+
+
 def context_of_topic(topic: str) -> str:
     """``uait.commands.knowledge`` -> ``knowledge``."""
     parts = topic.split(".")

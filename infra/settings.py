@@ -41,6 +41,24 @@ DEFAULT_RATE_LIMIT_POLICIES: dict[str, dict[str, Any]] = {
 }
 
 
+class JobPolicy(BaseModel):
+    """How a command type is retried: attempts, backoff and the timeout of its external calls.
+
+    ``attempts`` counts executions (3: the first try and two retries); the delay before retry
+    ``n`` is ``base_s`` (fixed) or ``base_s * 2**(n-1)`` (exponential), at most ``cap_s``, and
+    with ``jitter`` a uniform draw between half of it and all of it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Literal["fixed", "exponential"] = "exponential"
+    base_s: float = Field(default=1.0, ge=0, le=3600)
+    cap_s: float = Field(default=30.0, ge=0, le=3600)
+    jitter: bool = True
+    timeout_s: float = Field(default=30.0, gt=0, le=3600, description="per external call")
+
+
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
 
@@ -99,6 +117,24 @@ class Settings(BaseSettings):
     )
     projections_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="/metrics of `uait projections run`; 0 = not served"
+    )
+
+    # Retries and dead letters (defaults of every command type; UAIT_JOB_POLICIES overrides
+    # per type, e.g. {"IngestDocument": {"attempts": 5}}; message headers override both)
+    retry_attempts: int = Field(default=3, ge=1, le=100, description="executions before the DLQ")
+    retry_backoff: Literal["fixed", "exponential"] = "exponential"
+    retry_base_s: float = Field(default=1.0, ge=0, le=3600, description="first retry delay")
+    retry_cap_s: float = Field(default=30.0, ge=0, le=3600, description="longest retry delay")
+    retry_jitter: bool = True
+    external_call_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="a decider's external call is cut after"
+    )
+    job_policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    append_statement_timeout_ms: int = Field(
+        default=30_000, ge=100, description="PostgreSQL statement_timeout of an event-store append"
+    )
+    cancel_ttl_s: int = Field(
+        default=7 * 86_400, ge=60, description="how long a cancellation request is kept in Redis"
     )
 
     # Projections
@@ -183,6 +219,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"rate limit policy {name!r} must be an object")
             merged[name] = {**merged.get(name, {}), **spec}
         return merged
+
+    @field_validator("job_policies")
+    @classmethod
+    def _check_job_policies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, spec in value.items():
+            if not isinstance(spec, dict):
+                raise ValueError(f"job policy {name!r} must be an object")
+            JobPolicy.model_validate(spec)  # raises on an unknown field or a bad value
+        return value
+
+    def job_policy(self, command_type: str) -> JobPolicy:
+        """The retry policy of a command type: the defaults, then its UAIT_JOB_POLICIES entry."""
+        base = {
+            "attempts": self.retry_attempts,
+            "backoff": self.retry_backoff,
+            "base_s": self.retry_base_s,
+            "cap_s": self.retry_cap_s,
+            "jitter": self.retry_jitter,
+            "timeout_s": self.external_call_timeout_s,
+        }
+        return JobPolicy.model_validate({**base, **self.job_policies.get(command_type, {})})
 
     @field_validator("rate_limit_exempt", "trusted_proxies")
     @classmethod

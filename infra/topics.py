@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from events.topics import CONTEXTS, command_topic, dead_letter_topic, event_topic
+from events.topics import CONTEXTS, command_topic, dead_letter_topic, event_topic, retry_topic
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -38,13 +38,17 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Command topic, its dead-letter topic and event topic of every context."""
+    """Command topic, its retry and dead-letter topics and event topic of every context.
+
+    The retry topic has the command topic's partitions: it is keyed by the same aggregate ids.
+    """
     config = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
     specs: list[TopicSpec] = []
     for context in CONTEXTS:
         commands = command_topic(context)
         specs += [
             TopicSpec(commands, settings.command_partitions, dict(config)),
+            TopicSpec(retry_topic(commands), settings.command_partitions, dict(config)),
             TopicSpec(dead_letter_topic(commands), settings.command_partitions, dict(config)),
             TopicSpec(event_topic(context), settings.event_partitions, dict(config)),
         ]

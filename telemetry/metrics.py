@@ -221,6 +221,27 @@ BREAKER_TRANSITIONS = Counter(
     registry=REGISTRY,
 )
 
+# Retries and dead letters
+RETRIES = Counter(
+    "uait_command_retries_total",
+    "Commands sent to the retry topic, by context, type and reason (failed: a transient error; "
+    "parked: waiting behind an earlier command for the same aggregate).",
+    ["context", "type", "reason"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "uait_dead_letters_total",
+    "Commands sent to a dead-letter topic after their last attempt, by DLQ topic and type.",
+    ["topic", "type"],
+    registry=REGISTRY,
+)
+DLQ_SIZE = Gauge(
+    "uait_dlq_size",
+    "Dead letters not yet redriven, per DLQ topic (from the PostgreSQL index).",
+    ["topic"],
+    registry=REGISTRY,
+)
+
 WORKER_PAUSED = Gauge(
     "uait_worker_paused",
     "1 while an operator has paused this worker's consumption of a context.",

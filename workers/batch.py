@@ -4,6 +4,11 @@ Every command gets exactly one outcome: its events and its outcome record (versi
 per-command aggregate) are appended together. A redelivered command conflicts on that record.
 When an append fails on a conflict, the batch is split in halves and each half is decided again
 from fresh state, so one duplicate or conflicting command never holds back the others.
+
+A command whose decision fails transiently (``workers.jobs.TRANSIENT_ERRORS``) gets no outcome:
+it is *deferred*, and the caller sends it to the retry topic. Its aggregate is parked behind it
+(``workers.parking``): later commands for the same aggregate are deferred too, in order, until
+it has its outcome, so the retry path never reorders one aggregate's commands.
 """
 
 from __future__ import annotations
@@ -30,15 +35,19 @@ from events.envelope import (
     open_command,
 )
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
+from events.jobs import FAILURES_HEADER
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import EventMeta, encode_state
+from infra.settings import JobPolicy
 from telemetry import logs
+from workers import jobs
 from workers.aggregate import Aggregate, DomainRuleError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from workers.eventstore import EventStore
+    from workers.parking import Parking
 
 log = logging.getLogger("uait.worker")
 
@@ -60,6 +69,13 @@ class Record:
     key: bytes | None = None
     trace_context: str | None = None
     """W3C traceparent of the span processing this record (kept in the events' metadata)."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True)
@@ -94,10 +110,25 @@ class Item:
     envelope: Envelope | None = None
     command: Command | None = None
     rejection: tuple[RejectionCode, str] | None = None
+    policy: JobPolicy = field(default_factory=JobPolicy)
 
     @property
     def type(self) -> str:
         return self.envelope.type if self.envelope else "unknown"
+
+    @property
+    def key(self) -> str | None:
+        """The aggregate this record is keyed by (its Kafka key), for parking."""
+        return self.record.key.decode("utf-8", "replace") if self.record.key else None
+
+    @property
+    def failures(self) -> int:
+        """Executions that failed transiently before this one (from the retry headers)."""
+        raw = self.record.header(FAILURES_HEADER)
+        try:
+            return max(int(raw), 0) if raw else 0
+        except ValueError:
+            return 0
 
     def meta(self) -> EventMeta:
         env = self.envelope
@@ -107,6 +138,25 @@ class Item:
             actor=env.actor if env else "unknown",
             traceparent=self.record.trace_context,
         )
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A command left without an outcome, for the retry path (or, past its attempts, the DLQ).
+
+    ``error_type`` is empty when it did not run at all: its aggregate was parked behind an
+    earlier command still in the retry path.
+    """
+
+    item: Item
+    failed_at: datetime
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def ran(self) -> bool:
+        return bool(self.error_type)
 
 
 @dataclass
@@ -121,6 +171,9 @@ class BatchReport:
     """(command type, result) -> count, for metrics."""
     appends: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
     """command id -> (start, end) in ns since the epoch of the append that recorded it."""
+    deferred: list[Deferral] = field(default_factory=list)
+    released: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    """(aggregate key, command id) of parked commands that now have their outcome."""
 
     def count(self, item: Item, result: str) -> None:
         if result == "succeeded":
@@ -141,6 +194,8 @@ class BatchReport:
         self.outcomes.update(other.outcomes)
         self.by_type.update(other.by_type)
         self.appends.update(other.appends)
+        self.deferred.extend(other.deferred)
+        self.released.extend(other.released)
 
 
 class _StreamCache:
@@ -196,12 +251,18 @@ class BatchProcessor:
         conflict_retries: int = 5,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_started: Callable[[list[Item]], None] | None = None,
+        parking: Parking | None = None,
+        policies: jobs.Policies | None = None,
+        is_cancelled: Callable[[uuid.UUID], bool] | None = None,
     ) -> None:
         self.store = store
         self.decider = decider
         self.conflict_retries = conflict_retries
         self.clock = clock
         self.on_started = on_started
+        self.parking = parking
+        self.policies = policies
+        self.is_cancelled = is_cancelled or (lambda _command_id: False)
 
     def process(self, records: Sequence[Record]) -> BatchReport:
         """Give every record its outcome; returns what happened. Raises only transient errors."""
@@ -217,7 +278,9 @@ class BatchProcessor:
             items.append(item)
         if self.on_started is not None:
             self.on_started(items)
-        self._commit(items, report)
+        keys = sorted({item.key for item in items if item.key})
+        queues = _Queues(self.parking.heads(keys) if self.parking and keys else {})
+        self._commit(items, report, queues)
         return report
 
     def parse(self, record: Record) -> Item:
@@ -242,45 +305,67 @@ class BatchProcessor:
             )
             return item
         item.command = command
+        if self.policies is not None:
+            item.policy = self.policies.resolve(envelope.type, dict(record.headers))
         return item
 
-    def _commit(self, items: list[Item], report: BatchReport) -> None:
+    def _commit(self, items: list[Item], report: BatchReport, queues: _Queues) -> None:
         if not items:
             return
         try:
-            report.merge(self._attempt(items))
+            attempt = queues.copy()
+            report.merge(self._attempt(items, attempt))
+            queues.keys = attempt.keys
         except IntegrityError:
             if len(items) == 1:
-                report.merge(self._settle_single(items[0]))
+                report.merge(self._settle_single(items[0], queues))
                 return
             report.splits += 1
             mid = len(items) // 2
             # Halves in order: per-aggregate order holds because the first half commits first.
-            self._commit(items[:mid], report)
-            self._commit(items[mid:], report)
+            self._commit(items[:mid], report, queues)
+            self._commit(items[mid:], report, queues)
 
-    def _settle_single(self, item: Item) -> BatchReport:
+    def _settle_single(self, item: Item, queues: _Queues) -> BatchReport:
         """A lone command that conflicted: a duplicate, or a race with another writer."""
         for attempt in range(self.conflict_retries):
             try:
-                return self._attempt([item])
+                work = queues.copy()
+                report = self._attempt([item], work)
+                queues.keys = work.keys
+                return report
             except IntegrityError:
                 log.info("conflict on %s (attempt %d), retrying", item.command_id, attempt + 1)
         raise ConcurrencyConflictError(f"command {item.command_id} kept conflicting")
 
-    def _attempt(self, items: list[Item]) -> BatchReport:
+    def _attempt(self, items: list[Item], queues: _Queues) -> BatchReport:
         report = BatchReport()
         outcome_ids = {command_aggregate_id(i.command_id): i for i in items}
         done = self.store.existing(list(outcome_ids))
         fresh = [i for oid, i in outcome_ids.items() if oid not in done]
         for oid in done:
             report.count(outcome_ids[oid], "duplicate")
+            self._release(outcome_ids[oid], queues, report)
         stream_ids = {sid for i in fresh if i.command for sid in self.decider.stream_ids(i.command)}
         streams = _StreamCache(self.store.load_streams(sorted(stream_ids)))
         now = self.clock()
         stored: list[StoredEvent] = []
         for item in fresh:
-            outcome, events = self._decide(item, streams)
+            behind = queues.blocking(item)
+            if behind is not None and not self.is_cancelled(item.command_id):
+                # Its aggregate waits for an earlier command in the retry path: follow it.
+                queues.park(item)
+                report.deferred.append(Deferral(item, now))
+                report.by_type[(item.type, "deferred")] += 1
+                continue
+            decided = self._decide(item, streams)
+            if isinstance(decided, Deferral):
+                queues.park(item)
+                report.deferred.append(decided)
+                report.by_type[(item.type, "deferred")] += 1
+                continue
+            self._release(item, queues, report)
+            outcome, events = decided
             meta = item.meta()
             for aggregate_id, version, event in events:
                 stored.append(_stored(aggregate_id, version, event, now, meta))
@@ -295,22 +380,46 @@ class BatchProcessor:
         report.appended_events = len(stored)
         return report
 
+    @staticmethod
+    def _release(item: Item, queues: _Queues, report: BatchReport) -> None:
+        if item.key is not None and queues.release(item):
+            report.released.append((item.key, item.command_id))
+
     def _decide(
         self, item: Item, streams: _StreamCache
-    ) -> tuple[Event, list[tuple[uuid.UUID, int, Event]]]:
+    ) -> tuple[Event, list[tuple[uuid.UUID, int, Event]]] | Deferral:
         if item.rejection is not None or item.command is None:
             code, reason = item.rejection or ("invalid", "no command")
             return _rejected(item, code, reason), []
+        if self.is_cancelled(item.command_id):  # still waiting, or in retry: never executed
+            return _rejected(item, "cancelled", "cancelled on request"), []
         streams.begin()
         tokens = (
             logs.command_id.set(str(item.command_id)),
             logs.correlation_id.set(str(item.meta().correlation_id)),
+        )
+        job = jobs.enter(
+            jobs.JobContext(
+                policy=item.policy,
+                attempt=item.failures + 1,
+                is_cancelled=lambda: self.is_cancelled(item.command_id),
+            )
         )
         try:
             verdict = self.decider.decide(item.command, streams)
         except DomainRuleError as exc:
             streams.rollback()
             return _rejected(item, exc.code, str(exc)), []
+        except jobs.TRANSIENT_ERRORS as exc:
+            streams.rollback()
+            log.warning("%s failed transiently: %r", item.command_id, exc)
+            return Deferral(
+                item,
+                self.clock(),
+                error_type=type(exc).__name__,
+                error=str(exc) or type(exc).__name__,
+                traceback="".join(traceback.format_exception(exc)),
+            )
         except Exception as exc:
             # A bug in a decider must not stall the partition: reject, with a digest to find it.
             streams.rollback()
@@ -318,6 +427,7 @@ class BatchProcessor:
             log.exception("decider failed on %s", item.command_id)
             return _rejected(item, "domain", f"internal error: {digest}"), []
         finally:
+            jobs.leave(job)
             logs.command_id.reset(tokens[0])
             logs.correlation_id.reset(tokens[1])
         events = streams.recorded()
@@ -329,6 +439,37 @@ class BatchProcessor:
             events=[f"{e.TYPE}:{aid}:{v}" for aid, v, e in events],
         )
         return succeeded, events
+
+
+class _Queues:
+    """Parked aggregates: key -> the commands waiting in the retry path, first one first."""
+
+    def __init__(self, keys: dict[str, list[uuid.UUID]]) -> None:
+        self.keys = keys
+
+    def copy(self) -> _Queues:
+        return _Queues({k: list(v) for k, v in self.keys.items()})
+
+    def blocking(self, item: Item) -> uuid.UUID | None:
+        """The command this one must wait for, if its aggregate is parked behind another."""
+        queue = self.keys.get(item.key or "")
+        if queue and queue[0] != item.command_id:
+            return queue[0]
+        return None
+
+    def park(self, item: Item) -> None:
+        if item.key is None:
+            return
+        queue = self.keys.setdefault(item.key, [])
+        if item.command_id not in queue:
+            queue.append(item.command_id)
+
+    def release(self, item: Item) -> bool:
+        queue = self.keys.get(item.key or "")
+        if not queue or item.command_id not in queue:
+            return False
+        queue.remove(item.command_id)
+        return True
 
 
 def _rejected(item: Item, code: RejectionCode, reason: str) -> CommandRejected:

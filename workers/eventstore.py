@@ -80,7 +80,11 @@ class BatchRecorder(PostgresApplicationRecorder):
     - no libpq pipeline mode: psycopg's pipeline deadlocks on large batches here — the client
       waits in ``Pipeline.sync`` while the server waits for the rest of the query (psycopg#685);
     - the rows travel as four plain arrays in binary, not as an array of a composite type, which
-      psycopg dumps as text in Python (a fifth of the worker's time at 500 commands per batch).
+      psycopg dumps as text in Python (a fifth of the worker's time at 500 commands per batch);
+    - with ``statement_timeout_ms`` every statement of the append runs under PostgreSQL's
+      ``statement_timeout``: the server cancels a stuck append and its transaction can no longer
+      commit, so an append never commits late, after the batch was given up and retried. (A
+      client-side timeout could abandon a transaction that still commits.)
     """
 
     def __init__(
@@ -89,9 +93,11 @@ class BatchRecorder(PostgresApplicationRecorder):
         *,
         events_table_name: str,
         commit_times_context: str | None = None,
+        statement_timeout_ms: int | None = None,
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         self.commit_times_context = commit_times_context
+        self.statement_timeout_ms = statement_timeout_ms
         self._insert_arrays = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
@@ -109,6 +115,12 @@ class BatchRecorder(PostgresApplicationRecorder):
             [e.state for e in stored_events],
         )
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            if self.statement_timeout_ms is not None:
+                # Local to this transaction: the connection goes back to the pool unchanged.
+                curs.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (f"{self.statement_timeout_ms}ms",),
+                )
             self._lock_table(curs)
             self._notify_channel(curs)
             curs.execute(self._insert_arrays, columns)
@@ -127,13 +139,16 @@ class BatchRecorder(PostgresApplicationRecorder):
 class EventStore:
     """Append and load events of one context."""
 
-    def __init__(self, context: str, factory: PostgresFactory) -> None:
+    def __init__(
+        self, context: str, factory: PostgresFactory, *, statement_timeout_ms: int | None = None
+    ) -> None:
         self.context = context
         self.factory = factory
         self.recorder = BatchRecorder(
             factory.datastore,
             events_table_name=f"{context}_events",
             commit_times_context=context if _has_commit_times(factory.datastore) else None,
+            statement_timeout_ms=statement_timeout_ms,
         )
         self.table = self.recorder.events_table_name
         self._select_streams = SQL(

@@ -13,9 +13,14 @@ from faststream.kafka import KafkaBroker
 
 import events  # noqa: F401  (registers every message type)
 from workers.batch import BatchProcessor
+from workers.cancel import CancelWatcher
 from workers.command_log import mark_started
 from workers.eventstore import EventStore, open_factory
+from workers.jobs import Policies
 from workers.knowledge.handlers import KnowledgeDecider
+from workers.parking import Parking
+from workers.retries import RetryDispatcher
+from workers.retry import retry_router
 from workers.subscriber import command_router
 
 if TYPE_CHECKING:
@@ -65,22 +70,64 @@ def build_worker(
         graceful_timeout=settings.worker_graceful_timeout_s,
     )
     stores: dict[str, EventStore] = {}
+    dispatchers: list[RetryDispatcher] = []
+    cancels = CancelWatcher(None)
+    policies = Policies(settings)
     for context, decider in deciders(settings).items():
         if contexts and context not in contexts:
             continue
-        store = EventStore(context, open_factory(context, es_env))
+        store = EventStore(
+            context,
+            open_factory(context, es_env),
+            statement_timeout_ms=settings.append_statement_timeout_ms,
+        )
         stores[context] = store
+        parking = Parking(store)
         processor = BatchProcessor(
             store,
             decider,
             on_started=functools.partial(mark_started, store.datastore, context),
+            parking=parking,
+            policies=policies,
+            is_cancelled=cancels.is_cancelled,
         )
-        broker.include_router(command_router(context, processor, settings))
-        log.info("worker subscribed to context %s", context)
+        dispatcher = RetryDispatcher(context, kafka_bootstrap, store, parking)
+        dispatchers.append(dispatcher)
+        for router in (command_router, retry_router):
+            broker.include_router(
+                router(context, processor, settings, dispatcher=dispatcher, cancels=cancels)
+            )
+        log.info("worker subscribed to context %s (and its retry topic)", context)
     app = FastStream(broker)
+    _with_retry_path(app, dispatchers, cancels, settings.redis_url)
     if settings.redis_url:
         _with_pause_control(app, broker, settings.redis_url)
     return Worker(broker=broker, app=app, stores=stores)
+
+
+def _with_retry_path(
+    app: FastStream, dispatchers: list[RetryDispatcher], cancels: CancelWatcher, redis_url: str
+) -> None:
+    """Start the retry/DLQ producers, and follow cancellations when there is a Redis."""
+    tasks: list[asyncio.Task[None]] = []
+
+    @app.on_startup
+    async def start_retry_path() -> None:
+        for dispatcher in dispatchers:
+            await dispatcher.start()
+        if redis_url:
+            from redis.asyncio import Redis
+
+            # No read timeout: the cancellation channel is quiet most of the time.
+            cancels.redis = Redis.from_url(redis_url, socket_connect_timeout=1)
+            tasks.append(asyncio.create_task(cancels.run(), name="cancellations"))
+
+    @app.after_shutdown
+    async def stop_retry_path() -> None:
+        for task in tasks:
+            task.cancel()
+        for dispatcher in dispatchers:
+            await dispatcher.stop()
 
 
 def _with_pause_control(app: FastStream, broker: KafkaBroker, redis_url: str) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from faststream import AckPolicy, Context
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
     from infra.settings import Settings
     from workers.batch import BatchProcessor, BatchReport
+    from workers.cancel import CancelWatcher
+    from workers.retries import RetryDispatcher
 
 log = logging.getLogger("uait.worker")
 
@@ -138,7 +141,78 @@ def group_id(context: str) -> str:
     return f"uait.workers.{context}"
 
 
-def command_router(context: str, processor: BatchProcessor, settings: Settings) -> KafkaRouter:
+class DeferredWithoutRetryPathError(RuntimeError):
+    """Raised when a batch defers commands but the subscriber has no retry path to send them."""
+
+
+def _records(
+    consumed: tuple[ConsumerRecord[bytes, bytes], ...], group: str
+) -> tuple[list[Span], list[Record]]:
+    if tracing_enabled():
+        spans = [_process_span(r, group) for r in consumed]
+        records = [
+            Record(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.value,
+                r.key,
+                traceparent(span),
+                tuple(r.headers or ()),
+            )
+            for r, span in zip(consumed, spans, strict=True)
+        ]
+        return spans, records
+    # No per-record tracing work when spans go nowhere.
+    records = [
+        Record(r.topic, r.partition, r.offset, r.value, r.key, None, tuple(r.headers or ()))
+        for r in consumed
+    ]
+    return [], records
+
+
+def header_command_id(record: Record) -> uuid.UUID | None:
+    raw = record.header("message_id")
+    try:
+        return uuid.UUID(raw.decode()) if raw else None
+    except ValueError:
+        return None
+
+
+async def process_batch(
+    processor: BatchProcessor,
+    records: list[Record],
+    dispatcher: RetryDispatcher | None,
+    cancels: CancelWatcher | None,
+) -> BatchReport:
+    """Decide and commit a batch, then send its deferred commands on (all before the ack)."""
+    if cancels is not None:
+        await cancels.prime(c for r in records if (c := header_command_id(r)) is not None)
+    # The event store client is synchronous: keep it off the event loop.
+    report = await asyncio.to_thread(processor.process, records)
+    if dispatcher is not None:
+        await dispatcher.dispatch(report)
+    elif report.deferred:
+        raise DeferredWithoutRetryPathError(
+            f"{len(report.deferred)} command(s) failed transiently and no retry path is set"
+        )
+    return report
+
+
+def observe_report(context: str, report: BatchReport) -> None:
+    BATCH_SPLITS.labels(context).inc(report.splits)
+    for (command_type, result), n in report.by_type.items():
+        COMMANDS.labels(context, command_type, result).inc(n)
+
+
+def command_router(
+    context: str,
+    processor: BatchProcessor,
+    settings: Settings,
+    *,
+    dispatcher: RetryDispatcher | None = None,
+    cancels: CancelWatcher | None = None,
+) -> KafkaRouter:
     router = KafkaRouter()
     backoff = Backoff()
 
@@ -161,22 +235,13 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
     async def handle_commands(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message
         consumed = raw if isinstance(raw, tuple) else (raw,)
-        if tracing_enabled():
-            spans = [_process_span(r, group_id(context)) for r in consumed]
-            records = [
-                Record(r.topic, r.partition, r.offset, r.value, r.key, traceparent(span))
-                for r, span in zip(consumed, spans, strict=True)
-            ]
-        else:  # no per-record tracing work when spans go nowhere
-            spans = []
-            records = [Record(r.topic, r.partition, r.offset, r.value, r.key) for r in consumed]
+        spans, records = _records(consumed, group_id(context))
         started = time.perf_counter()
         BATCH_SIZE.labels(context).observe(len(records))
         for r in records:
             MESSAGES_CONSUMED.labels(r.topic, str(r.partition)).inc()
         try:
-            # The event store client is synchronous: keep it off the event loop.
-            report = await asyncio.to_thread(processor.process, records)
+            report = await process_batch(processor, records, dispatcher, cancels)
         except Exception as exc:
             for span in spans:
                 span.record_exception(exc)
@@ -196,9 +261,7 @@ def command_router(context: str, processor: BatchProcessor, settings: Settings) 
         if spans:
             _finish_spans(spans, records, processor, report)
         BATCH_DURATION.labels(context, "ok").observe(time.perf_counter() - started)
-        BATCH_SPLITS.labels(context).inc(report.splits)
-        for (command_type, result), n in report.by_type.items():
-            COMMANDS.labels(context, command_type, result).inc(n)
+        observe_report(context, report)
         await _observe_lag(message, group_id(context))
         log.debug(
             "%s: %d records -> %d succeeded, %d rejected, %d duplicate, %d splits in %.1f ms",

@@ -1,0 +1,77 @@
+"""Aggregates parked behind a command in the retry path (table ``command_parking``).
+
+While an aggregate has a command in the retry topic, every later command for it is deferred to
+the retry topic too, behind it, so per-aggregate order holds while other aggregates keep
+flowing. A command is unparked after its outcome is committed (never before: a later command
+could otherwise overtake it), or when it is dead-lettered. A crash between the two leaves a row
+whose command already has its outcome; ``heads`` drops such rows when it meets them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from events.ids import command_aggregate_id
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Sequence
+
+    from workers.eventstore import EventStore
+
+log = logging.getLogger("uait.worker")
+
+_HEADS = """
+SELECT aggregate_key, command_id FROM command_parking
+WHERE context = %s AND aggregate_key = ANY(%s) ORDER BY aggregate_key, seq
+"""
+_PARK = """
+INSERT INTO command_parking (context, aggregate_key, command_id)
+SELECT %s, k, c FROM unnest(%s::text[], %s::uuid[]) WITH ORDINALITY AS t(k, c, ord)
+ORDER BY ord
+ON CONFLICT DO NOTHING
+"""
+_UNPARK = """
+DELETE FROM command_parking p USING unnest(%s::text[], %s::uuid[]) AS t(k, c)
+WHERE p.context = %s AND p.aggregate_key = t.k AND p.command_id = t.c
+"""
+
+
+class Parking:
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.context = store.context
+
+    def heads(self, keys: Sequence[str]) -> dict[str, list[uuid.UUID]]:
+        """The parked commands of these aggregates, in order (one query; stale rows dropped)."""
+        with self.store.datastore.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(_HEADS, (self.context, list(keys)))
+            rows = [(row["aggregate_key"], row["command_id"]) for row in cur.fetchall()]
+        if not rows:
+            return {}
+        finished = self.store.existing([command_aggregate_id(c) for _, c in rows])
+        stale = [(k, c) for k, c in rows if command_aggregate_id(c) in finished]
+        if stale:
+            log.info("unparking %d command(s) that already have their outcome", len(stale))
+            self.unpark(stale)
+        queues: dict[str, list[uuid.UUID]] = {}
+        for key, command_id in rows:
+            if (key, command_id) not in stale:
+                queues.setdefault(key, []).append(command_id)
+        return queues
+
+    def park(self, entries: Sequence[tuple[str, uuid.UUID]]) -> None:
+        """Queue these commands behind their aggregates' earlier ones (order as given)."""
+        if not entries:
+            return
+        keys = [k for k, _ in entries]
+        ids = [c for _, c in entries]
+        with self.store.datastore.get_connection() as conn:
+            conn.execute(_PARK, (self.context, keys, ids))
+
+    def unpark(self, entries: Sequence[tuple[str, uuid.UUID]]) -> None:
+        if not entries:
+            return
+        with self.store.datastore.get_connection() as conn:
+            conn.execute(_UNPARK, ([k for k, _ in entries], [c for _, c in entries], self.context))
