@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -12,20 +11,15 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
 import events  # noqa: F401  (registers every message type)
-from workers.batch import BatchProcessor
 from workers.cancel import CancelWatcher
-from workers.command_log import mark_started
 from workers.eventstore import EventStore, open_factory
-from workers.jobs import Policies
 from workers.knowledge.handlers import KnowledgeDecider
-from workers.parking import Parking
-from workers.retries import RetryDispatcher
-from workers.retry import retry_router
-from workers.subscriber import command_router
+from workers.wiring import include_context, with_retry_path
 
 if TYPE_CHECKING:
     from infra.settings import Settings
     from workers.batch import Decider
+    from workers.retries import RetryDispatcher
 
 log = logging.getLogger("uait.worker")
 
@@ -72,7 +66,6 @@ def build_worker(
     stores: dict[str, EventStore] = {}
     dispatchers: list[RetryDispatcher] = []
     cancels = CancelWatcher(None)
-    policies = Policies(settings)
     for context, decider in deciders(settings).items():
         if contexts and context not in contexts:
             continue
@@ -82,52 +75,17 @@ def build_worker(
             statement_timeout_ms=settings.append_statement_timeout_ms,
         )
         stores[context] = store
-        parking = Parking(store)
-        processor = BatchProcessor(
-            store,
-            decider,
-            on_started=functools.partial(mark_started, store.datastore, context),
-            parking=parking,
-            policies=policies,
-            is_cancelled=cancels.is_cancelled,
-        )
-        dispatcher = RetryDispatcher(context, kafka_bootstrap, store, parking)
-        dispatchers.append(dispatcher)
-        for router in (command_router, retry_router):
-            broker.include_router(
-                router(context, processor, settings, dispatcher=dispatcher, cancels=cancels)
+        dispatchers.append(
+            include_context(
+                broker, store, decider, settings, kafka_bootstrap=kafka_bootstrap, cancels=cancels
             )
+        )
         log.info("worker subscribed to context %s (and its retry topic)", context)
     app = FastStream(broker)
-    _with_retry_path(app, dispatchers, cancels, settings.redis_url)
+    with_retry_path(app, dispatchers, cancels, settings.redis_url)
     if settings.redis_url:
         _with_pause_control(app, broker, settings.redis_url)
     return Worker(broker=broker, app=app, stores=stores)
-
-
-def _with_retry_path(
-    app: FastStream, dispatchers: list[RetryDispatcher], cancels: CancelWatcher, redis_url: str
-) -> None:
-    """Start the retry/DLQ producers, and follow cancellations when there is a Redis."""
-    tasks: list[asyncio.Task[None]] = []
-
-    @app.on_startup
-    async def start_retry_path() -> None:
-        for dispatcher in dispatchers:
-            await dispatcher.start()
-        if redis_url:
-            from redis.asyncio import Redis
-
-            # No read timeout: the cancellation channel is quiet most of the time.
-            cancels.redis = Redis.from_url(redis_url, socket_connect_timeout=1)
-            tasks.append(asyncio.create_task(cancels.run(), name="cancellations"))
-
-    @app.after_shutdown
-    async def stop_retry_path() -> None:
-        for task in tasks:
-            task.cancel()
-        for dispatcher in dispatchers:
-            await dispatcher.stop()
 
 
 def _with_pause_control(app: FastStream, broker: KafkaBroker, redis_url: str) -> None:

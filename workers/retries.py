@@ -34,7 +34,7 @@ from events.jobs import (
     TRACEBACK_DIGEST_HEADER,
     WORKER_HEADERS,
 )
-from events.topics import command_topic, dead_letter_topic, retry_topic
+from events.topics import CONTEXTS, command_topic, dead_letter_topic, retry_topic
 from telemetry.metrics import DEAD_LETTERS, DLQ_SIZE, RETRIES
 from workers import jobs
 
@@ -283,6 +283,8 @@ def observe_dlq_size(conn: Any) -> None:
         "SELECT dlq_topic, count(*) FILTER (WHERE redriven_at IS NULL) AS n"
         " FROM dead_letters GROUP BY dlq_topic"
     ).fetchall()
+    sizes = {dead_letter_topic(command_topic(c)): 0 for c in CONTEXTS}
     for row in rows:
-        topic, n = (row["dlq_topic"], row["n"]) if isinstance(row, dict) else row
+        sizes[row["dlq_topic"]] = row["n"]
+    for topic, n in sizes.items():
         DLQ_SIZE.labels(topic).set(n)

@@ -1,0 +1,93 @@
+"""How one context's processing is put together: the command and retry subscribers, the retry
+path (dispatcher, parking, job policies) and cancellations. Used by the worker process, and by
+tests and benchmarks that run a context with their own decider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import TYPE_CHECKING
+
+from workers.batch import BatchProcessor
+from workers.command_log import mark_started
+from workers.jobs import Policies
+from workers.parking import Parking
+from workers.retries import RetryDispatcher
+from workers.retry import retry_router
+from workers.subscriber import command_router
+
+if TYPE_CHECKING:
+    from faststream import FastStream
+    from faststream.kafka import KafkaBroker
+
+    from infra.settings import Settings
+    from workers.batch import Decider
+    from workers.cancel import CancelWatcher
+    from workers.eventstore import EventStore
+
+
+def include_context(
+    broker: KafkaBroker,
+    store: EventStore,
+    decider: Decider,
+    settings: Settings,
+    *,
+    kafka_bootstrap: str,
+    cancels: CancelWatcher,
+) -> RetryDispatcher:
+    """Subscribe ``broker`` to a context's command topic and its retry topic."""
+    context = store.context
+    parking = Parking(store)
+    processor = BatchProcessor(
+        store,
+        decider,
+        on_started=functools.partial(mark_started, store.datastore, context),
+        parking=parking,
+        policies=Policies(settings),
+        is_cancelled=cancels.is_cancelled,
+    )
+    dispatcher = RetryDispatcher(context, kafka_bootstrap, store, parking)
+    for router in (command_router, retry_router):
+        broker.include_router(
+            router(context, processor, settings, dispatcher=dispatcher, cancels=cancels)
+        )
+    return dispatcher
+
+
+async def start_retry_path(
+    dispatchers: list[RetryDispatcher], cancels: CancelWatcher, redis_url: str
+) -> list[asyncio.Task[None]]:
+    """Start the retry/DLQ producers, and follow cancellations when there is a Redis."""
+    for dispatcher in dispatchers:
+        await dispatcher.start()
+    if not redis_url:
+        return []
+    from redis.asyncio import Redis
+
+    # No read timeout: the cancellation channel is quiet most of the time.
+    cancels.redis = Redis.from_url(redis_url, socket_connect_timeout=1)
+    return [asyncio.create_task(cancels.run(), name="cancellations")]
+
+
+async def stop_retry_path(
+    dispatchers: list[RetryDispatcher], tasks: list[asyncio.Task[None]]
+) -> None:
+    for task in tasks:
+        task.cancel()
+    for dispatcher in dispatchers:
+        await dispatcher.stop()
+
+
+def with_retry_path(
+    app: FastStream, dispatchers: list[RetryDispatcher], cancels: CancelWatcher, redis_url: str
+) -> None:
+    tasks: list[asyncio.Task[None]] = []
+
+    @app.on_startup
+    async def _start() -> None:
+        tasks.extend(await start_retry_path(dispatchers, cancels, redis_url))
+
+    @app.after_shutdown
+    async def _stop() -> None:
+        await stop_retry_path(dispatchers, tasks)
