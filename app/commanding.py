@@ -34,6 +34,7 @@ _REJECTION_STATUS = {
     "invalid": 422,
     "unknown_type": 422,
     "malformed": 422,
+    "cancelled": 409,
 }
 
 

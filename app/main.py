@@ -31,7 +31,7 @@ from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
 from app.ratelimit import RateLimiter, RateLimitMiddleware
 from app.redis_client import create_redis
-from app.routes import admin, breakers, commands, knowledge
+from app.routes import admin, breakers, commands, dlq, knowledge
 from app.routes import events as events_routes
 from app.routes import workers as workers_routes
 from events.topics import CONTEXTS
@@ -125,6 +125,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     app.include_router(events_routes.router, responses=problem_responses(*V1_PROBLEMS, 400, 404))
     app.include_router(breakers.router)
     app.include_router(workers_routes.router)
+    app.include_router(dlq.router)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

@@ -104,12 +104,14 @@ class Queries:
             SELECT COALESCE(o.command_id, l.command_id) AS command_id,
                    COALESCE(o.context, l.context) AS context,
                    COALESCE(o.command_type, l.command_type) AS command_type,
-                   COALESCE(o.status,
+                   COALESCE(o.status, l.state,
                             CASE WHEN l.started_at IS NULL THEN 'accepted' ELSE 'processing' END)
                        AS status,
                    l.accepted_at, l.started_at, l.last_attempt_at, o.recorded_at AS finished_at,
                    COALESCE(l.attempts, 0) AS attempts, o.code, o.reason, o.detail,
-                   o.aggregate_id, o.position, o.correlation_id
+                   o.aggregate_id, o.position, o.correlation_id,
+                   CASE WHEN o.status IS NULL THEN l.next_attempt_at END AS next_attempt_at,
+                   l.last_error, COALESCE(l.attempt_history, '[]') AS attempt_history
             FROM command_outcomes o FULL JOIN command_log l USING (command_id)
             WHERE COALESCE(o.command_id, l.command_id) = %s
             """,

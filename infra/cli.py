@@ -22,6 +22,7 @@ from events.base import Command, UnknownMessageTypeError, load
 from events.envelope import describe_validation_error
 from events.topics import CONTEXTS
 from infra.commands.breakers import app as breakers_app
+from infra.commands.dlq import app as dlq_app
 from infra.commands.workers import app as workers_app
 from infra.settings import Settings
 
@@ -36,6 +37,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
 app.add_typer(breakers_app, name="breakers")
 app.add_typer(workers_app, name="workers")
+app.add_typer(dlq_app, name="dlq")
 
 console = Console(stderr=True)
 

@@ -8,6 +8,8 @@ redriven (a rejected one must be re-issued as a new command).
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.rows import dict_row
@@ -21,10 +23,34 @@ from telemetry.metrics import DLQ_SIZE
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Callable, Sequence
-    from datetime import datetime, timedelta
 
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_age(text: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` -> a timedelta; ValueError otherwise."""
+    match = _AGE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an age like 30m, 12h, 7d or 2w")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time (UTC when it has no offset), or an age meaning that long ago."""
+    try:
+        return datetime.now(UTC) - parse_age(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor an age like 12h") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class DeadLetterNotFoundError(LookupError):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from app.deps import Deps, deps
-from app.problems import V1_PROBLEMS, ProblemError, problem_responses
+from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError
+from workers.cancel import request_cancel
 
 router = APIRouter(
     prefix="/v1/commands", tags=["commands"], responses=problem_responses(*V1_PROBLEMS)
@@ -38,3 +41,40 @@ async def list_commands(
     except (BadCursorError, ValueError) as exc:
         raise ProblemError(400, "Bad cursor", str(exc)) from exc
     return jsonable_encoder({"items": items, "next_cursor": next_cursor})
+
+
+@router.post(
+    "/{command_id}/cancel",
+    status_code=202,
+    responses=problem_responses(*V1_WRITE_PROBLEMS, 404),
+)
+async def cancel_command(
+    command_id: uuid.UUID, request: Request, d: Annotated[Deps, Depends(deps)]
+) -> Any:
+    """Cancel a command: one still waiting (or in retry) is never executed, a running one stops
+    at its next check; its outcome becomes `rejected` with the code `cancelled`. A finished
+    command cannot be cancelled (409)."""
+    row = await d.queries.command(command_id)
+    if row is None:
+        raise ProblemError(404, "Command not found", f"no command {command_id}")
+    if row["status"] in ("succeeded", "rejected"):
+        raise ProblemError(
+            409,
+            "Command already finished",
+            f"command {command_id} is {row['status']}",
+            type_="urn:uait:problem:command-finished",
+        )
+    if d.redis is None:
+        raise ProblemError(503, "Cancellation not available", "UAIT_REDIS_URL is empty")
+    try:
+        await request_cancel(d.redis, command_id, ttl_s=d.settings.cancel_ttl_s)
+    except RedisError as exc:
+        raise ProblemError(
+            503, "Redis unavailable", str(exc), headers={"Retry-After": "5"}
+        ) from exc
+    url = str(request.url_for("get_command", command_id=str(command_id)))
+    return JSONResponse(
+        {"command_id": str(command_id), "status": "cancelling", "status_url": url},
+        status_code=202,
+        headers={"Location": url},
+    )

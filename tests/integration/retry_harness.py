@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from workers.knowledge.handlers import KnowledgeDecider
 from workers.wiring import include_context, start_retry_path, stop_retry_path
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import AsyncIterator
     from pathlib import Path
 

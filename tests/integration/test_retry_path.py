@@ -174,9 +174,7 @@ async def test_a_command_that_always_fails_is_dead_lettered_with_its_headers_and
                     await dlq.redrive(row[0], publisher)
 
 
-async def test_a_dead_letter_whose_command_was_rejected_meanwhile_is_not_redriven(
-    base, tmp_path
-):
+async def test_a_dead_letter_whose_command_was_rejected_meanwhile_is_not_redriven(base, tmp_path):
     async with running_worker(base, tmp_path) as h:
         doc = f"poison-{tag()}"
         envelope = wrap(DeleteDocument(document_id=doc), actor="test")
