@@ -98,9 +98,6 @@ async def test_a_command_cancelled_before_it_is_consumed_is_never_executed(base,
     async with running_worker(base, tmp_path) as h:
         doc = f"w-{tag()}"
         async with CommandPublisher(h.settings.kafka_bootstrap) as publisher:
-            from app.publisher import headers_for
-            from events.envelope import dumps, wrap
-
             command = IngestDocument(document_id=doc, title="T", text="W")
             envelope = wrap(command, actor="test")
             await request_cancel(redis, envelope.message_id, ttl_s=60)
