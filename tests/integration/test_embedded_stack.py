@@ -25,7 +25,7 @@ from aiokafka.structs import TopicPartition
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from events.topics import command_topic, dead_letter_topic, event_topic
+from events.topics import command_topic, dead_letter_topic, event_topic, retry_topic
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, StackStartError, database_url_for, eventsourcing_env
 from infra.topics import (
@@ -80,6 +80,7 @@ def test_topic_specs_give_every_context_a_command_a_dead_letter_and_an_event_top
     commands = command_topic("knowledge")
     assert specs[commands].partitions == 6
     assert specs[dead_letter_topic(commands)].partitions == 6
+    assert specs[retry_topic(commands)].partitions == 6
     assert specs[event_topic("knowledge")].partitions == 3
     assert {spec.config["max.message.bytes"] for spec in specs.values()} == {
         str(settings.kafka_max_message_bytes)
