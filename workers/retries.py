@@ -46,6 +46,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("uait.worker")
 
 _MAX_ERROR = 1000
+_LOG_ATTEMPT = """
+INSERT INTO command_log (command_id, context, command_type, accepted_at, state, last_error,
+                         next_attempt_at, attempt_history)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)
+ON CONFLICT (command_id) DO UPDATE SET
+    state = EXCLUDED.state,
+    last_error = EXCLUDED.last_error,
+    next_attempt_at = EXCLUDED.next_attempt_at,
+    attempt_history = command_log.attempt_history || EXCLUDED.attempt_history
+"""
 
 
 def traceback_digest(text: str) -> str:
@@ -220,15 +230,18 @@ class RetryDispatcher:
                     "next_attempt_at": r.due_at.isoformat() if r.due_at else None,
                     "dead_lettered": r.dead,
                 }
+                envelope = d.item.envelope
                 conn.execute(
-                    "UPDATE command_log SET state = %s, last_error = %s, next_attempt_at = %s,"
-                    " attempt_history = attempt_history || %s::jsonb WHERE command_id = %s",
+                    _LOG_ATTEMPT,
                     (
+                        d.item.command_id,
+                        self.context,
+                        d.item.type,
+                        envelope.occurred_at if envelope else d.failed_at,
                         "dead_lettered" if r.dead else "retrying",
                         f"{d.error_type}: {d.error}"[:_MAX_ERROR],
                         r.due_at,
                         orjson.dumps([entry]).decode(),
-                        d.item.command_id,
                     ),
                 )
             for r, (partition, offset) in dead:
