@@ -669,6 +669,18 @@ def bench_pipeline(
     )
 
 
+@bench_app.command("retry")
+def bench_retry(
+    commands: Annotated[int, typer.Option(help="documents per round and path")] = 5000,
+    rounds: Annotated[int, typer.Option(help="rounds of each path (medians)")] = 3,
+) -> None:
+    """Commands/s through the retry path (each failing once) against the normal path."""
+    from bench.retry import main as run_bench
+
+    _logging("WARNING", fmt="text")
+    run_bench(commands=commands, rounds=rounds)
+
+
 @bench_app.command("rebuild")
 def bench_rebuild(
     count: Annotated[int, typer.Option("--events", help="events to generate")] = 1_000_000,

@@ -10,13 +10,15 @@ whose command already has its outcome; ``heads`` drops such rows when it meets t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from events.ids import command_aggregate_id
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Sequence
+
+    from psycopg import Connection
 
     from workers.eventstore import EventStore
 
@@ -54,24 +56,19 @@ class Parking:
         stale = [(k, c) for k, c in rows if command_aggregate_id(c) in finished]
         if stale:
             log.info("unparking %d command(s) that already have their outcome", len(stale))
-            self.unpark(stale)
+            with self.store.datastore.get_connection() as conn:
+                self.unpark(stale, conn)
         queues: dict[str, list[uuid.UUID]] = {}
         for key, command_id in rows:
             if (key, command_id) not in stale:
                 queues.setdefault(key, []).append(command_id)
         return queues
 
-    def park(self, entries: Sequence[tuple[str, uuid.UUID]]) -> None:
+    def park(self, entries: Sequence[tuple[str, uuid.UUID]], conn: Connection[Any]) -> None:
         """Queue these commands behind their aggregates' earlier ones (order as given)."""
-        if not entries:
-            return
-        keys = [k for k, _ in entries]
-        ids = [c for _, c in entries]
-        with self.store.datastore.get_connection() as conn:
-            conn.execute(_PARK, (self.context, keys, ids))
+        if entries:
+            conn.execute(_PARK, (self.context, [k for k, _ in entries], [c for _, c in entries]))
 
-    def unpark(self, entries: Sequence[tuple[str, uuid.UUID]]) -> None:
-        if not entries:
-            return
-        with self.store.datastore.get_connection() as conn:
+    def unpark(self, entries: Sequence[tuple[str, uuid.UUID]], conn: Connection[Any]) -> None:
+        if entries:
             conn.execute(_UNPARK, ([k for k, _ in entries], [c for _, c in entries], self.context))

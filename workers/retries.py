@@ -215,39 +215,40 @@ class RetryDispatcher:
             for r in routes
             if r.dead and r.deferral.item.key is not None
         ]
-        self.parking.park(park)
-        self.parking.unpark(unpark)
         ran = [r for r in routes if r.deferral.ran]
         dead = [(r, p) for r, p in zip(routes, placed, strict=True) if r.dead]
         with self.store.datastore.get_connection() as conn, conn.transaction():
-            for r in ran:
-                d = r.deferral
-                entry = {
-                    "attempt": r.failures,
-                    "at": d.failed_at.isoformat(),
-                    "error_type": d.error_type,
-                    "error": d.error[:_MAX_ERROR],
-                    "next_attempt_at": r.due_at.isoformat() if r.due_at else None,
-                    "dead_lettered": r.dead,
-                }
-                envelope = d.item.envelope
-                conn.execute(
-                    _LOG_ATTEMPT,
-                    (
-                        d.item.command_id,
-                        self.context,
-                        d.item.type,
-                        envelope.occurred_at if envelope else d.failed_at,
-                        "dead_lettered" if r.dead else "retrying",
-                        f"{d.error_type}: {d.error}"[:_MAX_ERROR],
-                        r.due_at,
-                        orjson.dumps([entry]).decode(),
-                    ),
-                )
+            self.parking.park(park, conn)
+            self.parking.unpark(unpark, conn)
+            if ran:
+                with conn.cursor() as cur:
+                    cur.executemany(_LOG_ATTEMPT, [self._attempt_row(r) for r in ran])
             for r, (partition, offset) in dead:
                 self._index(conn, r, partition, offset)
             if dead:
                 self._observe_size(conn)
+
+    def _attempt_row(self, r: Route) -> tuple[Any, ...]:
+        d = r.deferral
+        entry = {
+            "attempt": r.failures,
+            "at": d.failed_at.isoformat(),
+            "error_type": d.error_type,
+            "error": d.error[:_MAX_ERROR],
+            "next_attempt_at": r.due_at.isoformat() if r.due_at else None,
+            "dead_lettered": r.dead,
+        }
+        envelope = d.item.envelope
+        return (
+            d.item.command_id,
+            self.context,
+            d.item.type,
+            envelope.occurred_at if envelope else d.failed_at,
+            "dead_lettered" if r.dead else "retrying",
+            f"{d.error_type}: {d.error}"[:_MAX_ERROR],
+            r.due_at,
+            orjson.dumps([entry]).decode(),
+        )
 
     def _index(self, conn: Any, r: Route, partition: int, offset: int) -> None:
         d, record = r.deferral, r.deferral.item.record
@@ -288,6 +289,19 @@ class RetryDispatcher:
     @staticmethod
     def _observe_size(conn: Any) -> None:
         observe_dlq_size(conn)
+
+    async def watch_dlq_size(self, interval_s: float = 30.0) -> None:
+        """Keep the DLQ size gauge current (redrives and purges happen in other processes)."""
+        while True:
+            try:
+                await asyncio.to_thread(self._refresh_size)
+            except Exception as exc:  # the database may be down; the gauge keeps its last value
+                log.warning("could not read the DLQ size: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    def _refresh_size(self) -> None:
+        with self.store.datastore.get_connection() as conn:
+            observe_dlq_size(conn)
 
 
 def observe_dlq_size(conn: Any) -> None:

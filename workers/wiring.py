@@ -61,13 +61,15 @@ async def start_retry_path(
     """Start the retry/DLQ producers, and follow cancellations when there is a Redis."""
     for dispatcher in dispatchers:
         await dispatcher.start()
+    # One index for every context: one process-wide watcher of its size.
+    tasks = [asyncio.create_task(d.watch_dlq_size(), name="dlq-size") for d in dispatchers[:1]]
     if not redis_url:
-        return []
+        return tasks
     from redis.asyncio import Redis
 
     # No read timeout: the cancellation channel is quiet most of the time.
     cancels.redis = Redis.from_url(redis_url, socket_connect_timeout=1)
-    return [asyncio.create_task(cancels.run(), name="cancellations")]
+    return [*tasks, asyncio.create_task(cancels.run(), name="cancellations")]
 
 
 async def stop_retry_path(
