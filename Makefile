@@ -14,13 +14,14 @@ UV := $(shell uv --version >/dev/null 2>&1 && echo uv || echo "$(PYTHON) -m uv")
 UV_RUN := $(UV) run --frozen
 PYTEST := $(UV_RUN) pytest -q -p no:cacheprovider
 
-.PHONY: help setup run test test-unit lint bench clean tools
+.PHONY: help setup run test test-unit test-chaos lint bench clean tools
 
 help:
 	@echo "make setup      install uv (if missing) and the locked dependencies into .venv"
 	@echo "make run        embedded stack + worker + projections + ingress (Ctrl-C stops)"
 	@echo "make test       lint, then every test: unit, integration, e2e"
 	@echo "make test-unit  tests/unit only"
+	@echo "make test-chaos two workers SIGKILLed at random under load (tests/chaos)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make bench      the pipeline benchmark"
 	@echo "make clean      remove .venv, .uait and caches"
@@ -59,6 +60,9 @@ test: lint tools
 
 test-unit: setup
 	$(PYTEST) tests/unit
+
+test-chaos: setup
+	$(PYTEST) -s tests/chaos
 
 bench: setup
 	$(UV_RUN) uait bench pipeline

@@ -412,7 +412,7 @@ class BatchProcessor:
             return _rejected(item, exc.code, str(exc)), []
         except jobs.TRANSIENT_ERRORS as exc:
             streams.rollback()
-            log.warning("%s failed transiently: %r", item.command_id, exc)
+            log.info("%s failed transiently: %r", item.command_id, exc)
             return Deferral(
                 item,
                 self.clock(),
