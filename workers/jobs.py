@@ -40,7 +40,11 @@ class TransientCommandError(Exception):
     """Raised by a decider when a command may succeed on a later attempt (e.g. a backend down)."""
 
 
-class ExternalCallTimeoutError(TransientCommandError):
+class ExternalCallError(TransientCommandError):
+    """Raised when an external call of a decider fails (the backend's error is its cause)."""
+
+
+class ExternalCallTimeoutError(ExternalCallError):
     """Raised when an external call of a decider runs past its job's timeout."""
 
 
@@ -123,6 +127,8 @@ class JobContext:
 
         The event-store transaction is never inside this: only the call is timed out, and a
         call that outlives its timeout is abandoned (its result is dropped), never awaited.
+        Any error of the call (a backend down, an open breaker) is transient: it becomes an
+        ``ExternalCallError`` and the command is retried; a ``DomainRuleError`` stays one.
         """
         self.check_cancelled()
         limit = self.policy.timeout_s if timeout_s is None else timeout_s
@@ -134,6 +140,12 @@ class JobContext:
             raise ExternalCallTimeoutError(
                 f"{getattr(fn, '__name__', 'call')} did not answer within {limit:g} s"
             ) from None
+        except (DomainRuleError, TransientCommandError):
+            raise
+        except Exception as exc:
+            raise ExternalCallError(
+                f"{getattr(fn, '__name__', 'call')} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("uait_job")

@@ -11,6 +11,7 @@ import pytest
 from events.jobs import ATTEMPTS_HEADER, BACKOFF_HEADER, DUE_HEADER, TIMEOUT_HEADER
 from infra.settings import JobPolicy, Settings
 from workers import jobs
+from workers.aggregate import DomainRuleError
 from workers.batch import Record
 from workers.retries import traceback_digest
 from workers.retry import next_wave
@@ -67,6 +68,22 @@ def test_an_external_call_past_its_timeout_is_a_transient_error_and_is_not_await
     assert time.perf_counter() - started < 2
     assert isinstance(jobs.ExternalCallTimeoutError("x"), jobs.TransientCommandError)
     assert job.call(lambda a, b: a + b, 2, 3) == 5
+
+
+def test_any_error_of_an_external_call_is_transient_but_a_domain_rule_stays_permanent():
+    job = jobs.JobContext()
+
+    def backend_down() -> None:
+        raise ConnectionRefusedError("embedder at :8081")
+
+    def refuses() -> None:
+        raise DomainRuleError("too large")
+
+    with pytest.raises(jobs.ExternalCallError, match="ConnectionRefusedError") as raised:
+        job.call(backend_down)
+    assert isinstance(raised.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(DomainRuleError):
+        job.call(refuses)
 
 
 def test_a_cancelled_job_stops_at_its_check_as_a_cancelled_rejection():
