@@ -42,6 +42,7 @@ from infra.settings import JobPolicy
 from telemetry import logs
 from workers import jobs
 from workers.aggregate import Aggregate, DomainRuleError
+from workers.parking import Queues
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -279,7 +280,7 @@ class BatchProcessor:
         if self.on_started is not None:
             self.on_started(items)
         keys = sorted({item.key for item in items if item.key})
-        queues = _Queues(self.parking.heads(keys) if self.parking and keys else {})
+        queues = Queues(self.parking.heads(keys) if self.parking and keys else {})
         self._commit(items, report, queues)
         return report
 
@@ -309,7 +310,7 @@ class BatchProcessor:
             item.policy = self.policies.resolve(envelope.type, dict(record.headers))
         return item
 
-    def _commit(self, items: list[Item], report: BatchReport, queues: _Queues) -> None:
+    def _commit(self, items: list[Item], report: BatchReport, queues: Queues) -> None:
         if not items:
             return
         try:
@@ -326,7 +327,7 @@ class BatchProcessor:
             self._commit(items[:mid], report, queues)
             self._commit(items[mid:], report, queues)
 
-    def _settle_single(self, item: Item, queues: _Queues) -> BatchReport:
+    def _settle_single(self, item: Item, queues: Queues) -> BatchReport:
         """A lone command that conflicted: a duplicate, or a race with another writer."""
         for attempt in range(self.conflict_retries):
             try:
@@ -338,7 +339,7 @@ class BatchProcessor:
                 log.info("conflict on %s (attempt %d), retrying", item.command_id, attempt + 1)
         raise ConcurrencyConflictError(f"command {item.command_id} kept conflicting")
 
-    def _attempt(self, items: list[Item], queues: _Queues) -> BatchReport:
+    def _attempt(self, items: list[Item], queues: Queues) -> BatchReport:
         report = BatchReport()
         outcome_ids = {command_aggregate_id(i.command_id): i for i in items}
         done = self.store.existing(list(outcome_ids))
@@ -381,7 +382,7 @@ class BatchProcessor:
         return report
 
     @staticmethod
-    def _release(item: Item, queues: _Queues, report: BatchReport) -> None:
+    def _release(item: Item, queues: Queues, report: BatchReport) -> None:
         if item.key is not None and queues.release(item):
             report.released.append((item.key, item.command_id))
 
@@ -439,37 +440,6 @@ class BatchProcessor:
             events=[f"{e.TYPE}:{aid}:{v}" for aid, v, e in events],
         )
         return succeeded, events
-
-
-class _Queues:
-    """Parked aggregates: key -> the commands waiting in the retry path, first one first."""
-
-    def __init__(self, keys: dict[str, list[uuid.UUID]]) -> None:
-        self.keys = keys
-
-    def copy(self) -> _Queues:
-        return _Queues({k: list(v) for k, v in self.keys.items()})
-
-    def blocking(self, item: Item) -> uuid.UUID | None:
-        """The command this one must wait for, if its aggregate is parked behind another."""
-        queue = self.keys.get(item.key or "")
-        if queue and queue[0] != item.command_id:
-            return queue[0]
-        return None
-
-    def park(self, item: Item) -> None:
-        if item.key is None:
-            return
-        queue = self.keys.setdefault(item.key, [])
-        if item.command_id not in queue:
-            queue.append(item.command_id)
-
-    def release(self, item: Item) -> bool:
-        queue = self.keys.get(item.key or "")
-        if not queue or item.command_id not in queue:
-            return False
-        queue.remove(item.command_id)
-        return True
 
 
 def _rejected(item: Item, code: RejectionCode, reason: str) -> CommandRejected:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from psycopg import Connection
 
+    from workers.batch import Item
     from workers.eventstore import EventStore
 
 log = logging.getLogger("uait.worker")
@@ -72,3 +73,36 @@ class Parking:
     def unpark(self, entries: Sequence[tuple[str, uuid.UUID]], conn: Connection[Any]) -> None:
         if entries:
             conn.execute(_UNPARK, ([k for k, _ in entries], [c for _, c in entries], self.context))
+
+
+class Queues:
+    """Parked aggregates while a batch is decided: key -> its commands in the retry path, first
+    one first. Loaded by ``Parking.heads``; a copy is taken per append attempt, so an attempt
+    undone by a conflict leaves no trace."""
+
+    def __init__(self, keys: dict[str, list[uuid.UUID]]) -> None:
+        self.keys = keys
+
+    def copy(self) -> Queues:
+        return Queues({k: list(v) for k, v in self.keys.items()})
+
+    def blocking(self, item: Item) -> uuid.UUID | None:
+        """The command this one must wait for, if its aggregate is parked behind another."""
+        queue = self.keys.get(item.key or "")
+        if queue and queue[0] != item.command_id:
+            return queue[0]
+        return None
+
+    def park(self, item: Item) -> None:
+        if item.key is None:
+            return
+        queue = self.keys.setdefault(item.key, [])
+        if item.command_id not in queue:
+            queue.append(item.command_id)
+
+    def release(self, item: Item) -> bool:
+        queue = self.keys.get(item.key or "")
+        if not queue or item.command_id not in queue:
+            return False
+        queue.remove(item.command_id)
+        return True

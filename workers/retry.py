@@ -23,12 +23,12 @@ from events.topics import command_topic, retry_topic
 from telemetry.metrics import BATCH_DURATION, BATCH_FAILURES, MESSAGES_CONSUMED
 from workers.subscriber import (
     Backoff,
-    _no_decoding,
-    _records,
     group_id,
     header_command_id,
+    no_decoding,
     observe_report,
     process_batch,
+    to_records,
 )
 
 if TYPE_CHECKING:
@@ -131,12 +131,12 @@ def retry_router(
         max_partition_fetch_bytes=max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
         # A batch may wait for its last record's backoff (at most the policy's cap).
         max_poll_interval_ms=max(int(settings.retry_cap_s * 1000) * 2 + 60_000, 300_000),
-        decoder=_no_decoding,
+        decoder=no_decoding,
     )
     async def handle_retries(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message
         consumed = raw if isinstance(raw, tuple) else (raw,)
-        spans, records = _records(consumed, retry_group_id(context))
+        spans, records = to_records(consumed, retry_group_id(context))
         for span in spans:
             span.end()
         for r in records:

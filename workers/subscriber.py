@@ -133,7 +133,7 @@ async def _observe_lag(message: KafkaMessage, group: str) -> None:
         CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
 
 
-async def _no_decoding(message: KafkaMessage) -> None:
+async def no_decoding(message: KafkaMessage) -> None:
     return None
 
 
@@ -145,7 +145,7 @@ class DeferredWithoutRetryPathError(RuntimeError):
     """Raised when a batch defers commands but the subscriber has no retry path to send them."""
 
 
-def _records(
+def to_records(
     consumed: tuple[ConsumerRecord[bytes, bytes], ...], group: str
 ) -> tuple[list[Span], list[Record]]:
     if tracing_enabled():
@@ -230,12 +230,12 @@ def command_router(
         max_partition_fetch_bytes=max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
         # Hand the records over untouched: the envelope parser decides what is malformed, and
         # nothing FastStream validates can turn a bad record into an endless redelivery.
-        decoder=_no_decoding,
+        decoder=no_decoding,
     )
     async def handle_commands(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message
         consumed = raw if isinstance(raw, tuple) else (raw,)
-        spans, records = _records(consumed, group_id(context))
+        spans, records = to_records(consumed, group_id(context))
         started = time.perf_counter()
         BATCH_SIZE.labels(context).observe(len(records))
         for r in records:
