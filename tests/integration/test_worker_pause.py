@@ -60,7 +60,12 @@ async def test_a_paused_context_holds_its_commands_until_resumed(endpoints: Endp
 
                 first = await publisher.publish(doc(), actor="t")
                 assert await decided(first, 30), "the worker never joined"
-                [subscriber] = list(worker.broker.subscribers)
+                # The command topic's subscriber (the retry topic has its own, paused alike).
+                [subscriber] = [
+                    s
+                    for s in worker.broker.subscribers
+                    if list(s.topic_names_for_subscribe) == ["uait.commands.knowledge"]
+                ]
                 members_before = subscriber.consumer._coordinator.member_id
 
                 paused = await asyncio.to_thread(
