@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("uait.worker")
 
 CHANNEL = "uait:cancellations"
+_PRIME_TIMEOUT_S = 0.5
 
 
 def cancel_key(command_id: uuid.UUID) -> str:
@@ -50,8 +51,12 @@ class CancelWatcher:
         if self.redis is None or not ids:
             return
         try:
-            found = await self.redis.mget([cancel_key(c) for c in ids])
-        except RedisError as exc:
+            # Bounded: a slow Redis must not hold up the partition (the pub/sub still reaches
+            # a command that runs long).
+            found = await asyncio.wait_for(
+                self.redis.mget([cancel_key(c) for c in ids]), _PRIME_TIMEOUT_S
+            )
+        except (RedisError, TimeoutError) as exc:
             log.warning("cancellations: Redis unavailable (%s); running the batch as it is", exc)
             return
         self._cancelled.update(c for c, hit in zip(ids, found, strict=True) if hit)
