@@ -89,9 +89,11 @@ def test_a_dead_letter_is_listed_shown_redriven_once_and_then_has_its_outcome(
     [entry] = [e for e in listed.json()["dead_letters"] if e["command_id"] == str(command_id)]
     assert entry["dlq_topic"] == dead_letter_topic(TOPIC)
     assert (entry["error_type"], entry["attempts"]) == ("TransientCommandError", 1)
-    assert wait_status(api, str(command_id), {"dead_lettered"})["last_error"].startswith(
-        "TransientCommandError"
-    )
+    lifecycle = wait_status(api, str(command_id), {"dead_lettered"})
+    assert lifecycle["last_error"] == "TransientCommandError: embedder down"
+    assert [
+        (a["attempt"], a["error"], a["dead_lettered"]) for a in lifecycle["attempt_history"]
+    ] == [(1, "embedder down", True)]
 
     shown = api.get(f"{DLQ}/{entry['id']}").json()
     assert shown["headers"]["uait-error-message"] == "embedder down"
