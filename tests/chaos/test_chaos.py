@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
 
 COMMANDS = 20_000
-RATE = 200  # commands/s: 100 s of traffic; each kill's rebalance leaves a backlog to work off
+RATE = 160  # commands/s: 125 s of traffic; each kill's rebalance leaves a backlog to work off
 WANTED_KILLS = 10
 _PARTITION = re.compile(r'partition="(\d+)"')
 
