@@ -8,9 +8,12 @@ owner's current permissions, so a demoted owner's keys lose what the owner lost.
 from __future__ import annotations
 
 ADMIN = "admin"
+SELF = "account:self"
+"""Manage one's own account: profile, password, sessions, 2FA, API keys."""
 
 PERMISSIONS: frozenset[str] = frozenset(
     {
+        SELF,
         "knowledge:read",
         "knowledge:write",
         "agents:run",
@@ -26,13 +29,13 @@ PERMISSIONS: frozenset[str] = frozenset(
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "user": frozenset(
-        {"knowledge:read", "knowledge:write", "agents:run", "inference:run", "commands:read"}
+        {SELF, "knowledge:read", "knowledge:write", "agents:run", "inference:run", "commands:read"}
     ),
-    "viewer": frozenset({"knowledge:read", "commands:read"}),
+    "viewer": frozenset({SELF, "knowledge:read", "commands:read"}),
     "service": frozenset(
-        {"knowledge:read", "knowledge:write", "agents:run", "inference:run", "commands:read"}
+        {SELF, "knowledge:read", "knowledge:write", "agents:run", "inference:run", "commands:read"}
     ),
-    "auditor": frozenset({"audit:read", "users:read", "events:read", "commands:read"}),
+    "auditor": frozenset({SELF, "audit:read", "users:read", "events:read", "commands:read"}),
     ADMIN: PERMISSIONS,
 }
 
