@@ -117,6 +117,16 @@ class KeySet:
         self.max_token_ttl_s = max_token_ttl_s
         self.loaded_at = loaded_at
 
+    @classmethod
+    def generate(
+        cls, alg: str = "EdDSA", *, kid: str, max_token_ttl_s: float, loaded_at: float
+    ) -> KeySet:
+        """A one-key set held only in memory (tests, benchmarks, a process without PostgreSQL)."""
+        private = generate_private_key(alg)
+        signer = SigningKey(kid=kid, alg=alg, private_key=private)
+        key = VerificationKey(kid, alg, private.public_key(), loaded_at, signer=signer)
+        return cls([key], max_token_ttl_s=max_token_ttl_s, loaded_at=loaded_at)
+
     @property
     def signing_key(self) -> SigningKey:
         return self.signing_key_at(self.loaded_at)
