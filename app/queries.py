@@ -122,7 +122,7 @@ class Queries:
                    COALESCE(o.actor, l.actor) AS actor
             FROM {OUTCOMES} o FULL JOIN command_log l USING (command_id)
             WHERE COALESCE(o.command_id, l.command_id) = %s
-              AND (%s::text IS NULL OR COALESCE(o.actor, l.actor) = %s)
+              AND (%s::text IS NULL OR split_part(COALESCE(o.actor, l.actor), '/', 1) = %s)
             """,
             (command_id, actor, actor),
         )
@@ -139,11 +139,11 @@ class Queries:
             f"""
             WITH ids AS (
                 (SELECT command_id FROM command_log WHERE command_id < %s
-                 AND (%s::text IS NULL OR actor = %s)
+                 AND (%s::text IS NULL OR split_part(actor, '/', 1) = %s)
                  ORDER BY command_id DESC LIMIT %s)
                 UNION
                 (SELECT command_id FROM {OUTCOMES} WHERE command_id < %s
-                 AND (%s::text IS NULL OR actor = %s)
+                 AND (%s::text IS NULL OR split_part(actor, '/', 1) = %s)
                  ORDER BY command_id DESC LIMIT %s)
             ),
             page AS (SELECT command_id FROM ids ORDER BY command_id DESC LIMIT %s)

@@ -17,7 +17,7 @@ from events.ids import NO_USER, uuid7
 from telemetry.metrics import AUDIT_PUBLISH_FAILURES
 
 if TYPE_CHECKING:
-    from fastapi import Request
+    from starlette.requests import HTTPConnection
 
     from app.publisher import CommandPublisher
     from infra.settings import Settings
@@ -36,7 +36,7 @@ class Auditor:
         *,
         subject: str | None,
         actor: str,
-        request: Request | None = None,
+        request: HTTPConnection | None = None,
         outcome: AuditOutcome = "ok",
         session_id: str = "",
         key_id: str = "",

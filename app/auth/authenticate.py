@@ -26,9 +26,9 @@ from security.tokens import TokenError
 from telemetry.metrics import AUTH_DECISIONS
 
 if TYPE_CHECKING:
-    from fastapi import Request
     from psycopg_pool import AsyncConnectionPool
     from redis.asyncio import Redis
+    from starlette.requests import HTTPConnection
 
     from app.auth.audit import Auditor
     from security.tokens import Tokens
@@ -69,7 +69,7 @@ class Authenticator:
         self.key_cache_s = key_cache_s
         self._keys: dict[str, tuple[float, KeyRecord | None]] = {}
 
-    async def authenticate(self, request: Request) -> Principal:
+    async def authenticate(self, request: HTTPConnection) -> Principal:
         cached = getattr(request.state, "principal", None)
         if isinstance(cached, Principal):
             return cached
@@ -97,7 +97,7 @@ class Authenticator:
             log.info("access token refused: %s", exc.reason)
             AUTH_DECISIONS.labels("bearer", "refused").inc()
             raise unauthorized("invalid token") from None
-        if await self._denied(SESSION_DENY + claims.session_id):
+        if not claims.session_id or await self._denied(SESSION_DENY + claims.session_id):
             AUTH_DECISIONS.labels("bearer", "revoked").inc()
             raise unauthorized("the session was revoked")
         AUTH_DECISIONS.labels("bearer", "ok").inc()
@@ -110,7 +110,7 @@ class Authenticator:
             amr=claims.amr,
         )
 
-    async def _api_key(self, value: str, request: Request) -> Principal:
+    async def _api_key(self, value: str, request: HTTPConnection) -> Principal:
         parsed = parse_api_key(value)
         if parsed is None:
             AUTH_DECISIONS.labels("api_key", "refused").inc()
@@ -199,7 +199,7 @@ class Authenticator:
     def forget_key(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 
-    async def _note_use(self, record: KeyRecord, request: Request) -> None:
+    async def _note_use(self, record: KeyRecord, request: HTTPConnection) -> None:
         """``last_used_at`` and a ``key.used`` audit entry, at most once a minute per key."""
         if self.redis is None:
             return

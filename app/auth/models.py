@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime  # noqa: TC003  (pydantic resolves field annotations at runtime)
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -42,7 +42,7 @@ class RefreshBody(Strict):
 
 class TokenPair(BaseModel):
     access_token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105  (the scheme name, not a secret)
     expires_in: int
     refresh_token: str
     session_id: str

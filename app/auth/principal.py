@@ -67,7 +67,7 @@ def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the authenticated principal, refused unless it holds ``permission``."""
 
     async def dependency(request: Request) -> Principal:
-        principal = await request.app.state.authenticator.authenticate(request)
+        principal: Principal = await request.app.state.auth.authenticator.authenticate(request)
         if permission not in principal.permissions:
             raise forbidden(permission)
         request.state.principal = principal
@@ -77,5 +77,8 @@ def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:
     return dependency
 
 
-def Authorized(permission: str) -> object:  # noqa: N802  (reads as a type in signatures)
+__all__ = ["SELF", "Principal", "forbidden", "require", "unauthorized"]
+
+
+def Authorized(permission: str) -> object:
     return Depends(require(permission))

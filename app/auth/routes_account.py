@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -44,7 +44,7 @@ async def profile(a: AuthRuntime, user_id: str) -> dict[str, Any] | None:
             " FROM users u WHERE user_id = %s",
             (user_id,),
         )
-        row = await cur.fetchone()
+        row = cast("dict[str, Any] | None", await cur.fetchone())
     if row is None:
         return None
     keys = await a.core.user_keys([user_id])
@@ -221,7 +221,7 @@ async def _own_key(a: AuthRuntime, who: Principal, key_id: str) -> dict[str, Any
             " FROM api_keys WHERE key_id = %s AND revoked_at IS NULL",
             (key_id,),
         )
-        row = await cur.fetchone()
+        row: dict[str, Any] | None = await cur.fetchone()
     if row is None or not who.owns(row["user_id"]):
         raise ProblemError(404, "API key not found", "no such active key of yours")
     return row
@@ -238,7 +238,7 @@ async def list_api_keys(who: Self, a: Auth) -> dict[str, Any]:
             " ORDER BY k.created_at DESC LIMIT 500",
             (who.user_id,),
         )
-        return {"items": await cur.fetchall()}
+        return {"items": list(await cur.fetchall())}
 
 
 @router.delete("/api-keys/{key_id}", status_code=202, responses=problem_responses(404))

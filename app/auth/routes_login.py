@@ -8,7 +8,7 @@ argon2 work). Each flow records an audit entry.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -92,7 +92,7 @@ async def find_user(a: AuthRuntime, email_hmac: str) -> dict[str, Any] | None:
             """,
             (email_hmac,),
         )
-        return await cur.fetchone()
+        return cast("dict[str, Any] | None", await cur.fetchone())
 
 
 async def user_state(a: AuthRuntime, user_id: str) -> dict[str, Any] | None:
@@ -102,7 +102,7 @@ async def user_state(a: AuthRuntime, user_id: str) -> dict[str, Any] | None:
             " AS roles FROM users u WHERE user_id = %s",
             (user_id,),
         )
-        return await cur.fetchone()
+        return cast("dict[str, Any] | None", await cur.fetchone())
 
 
 async def issue_session(
@@ -396,7 +396,7 @@ async def set_password(
     revoked = await a.sessions.revoke(user_id, None, f"password {reason}")
     await a.deny_sessions(revoked)
     await d.publisher.publish(
-        ChangePassword(user_id=user_id, reason=reason),  # type: ignore[arg-type]
+        ChangePassword(user_id=user_id, reason=reason),
         actor=f"user:{user_id}",
     )
 
