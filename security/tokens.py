@@ -99,8 +99,9 @@ class Tokens:
     def _issue(self, kind: Kind, subject: str, extra: dict[str, Any]) -> IssuedToken:
         if not subject:
             raise ValueError("a token needs a subject")
-        now = int(self._clock())
-        signer = self._keys().signing_key_at(now)
+        instant = self._clock()
+        signer = self._keys().signing_key_at(instant)
+        now = int(instant)
         payload = {
             "iss": self.config.issuer,
             "aud": kind.audience,
