@@ -142,6 +142,24 @@ def key_set_from_rows(
     return KeySet(keys, max_token_ttl_s=max_token_ttl_s, loaded_at=now.timestamp())
 
 
+def rewrap_signing_keys(conn: psycopg.Connection[Any], keyring: Keyring) -> int:
+    """Re-encrypt every stored private key under the current KEK; returns how many changed.
+
+    Run after putting a new KEK first in the keyring setting; afterwards the old KEK can leave it.
+    """
+    changed = 0
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        rows = conn.execute("SELECT kid, private_key FROM signing_keys FOR UPDATE").fetchall()
+        for kid, blob in rows:
+            if keyring.kid_of(bytes(blob)) == keyring.current_kid:
+                continue
+            new_blob = keyring.rewrap(bytes(blob), aad=kid.encode())
+            conn.execute("UPDATE signing_keys SET private_key = %s WHERE kid = %s", (new_blob, kid))
+            changed += 1
+    return changed
+
+
 def new_kid() -> str:
     return secrets.token_urlsafe(12)
 

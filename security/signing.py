@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from security.keyset import KeySet, NoSigningKeyError, SigningKey, VerificationKey
-from security.keystore import aload_key_set, ensure_key, load_key_set, rotate
+from security.keystore import aload_key_set, ensure_key, load_key_set, rewrap_signing_keys, rotate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +36,7 @@ __all__ = [
     "aload_key_set",
     "ensure_key",
     "load_key_set",
+    "rewrap_signing_keys",
     "rotate",
 ]
 

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database
 from security.keyring import DecryptionError, Keyring
-from security.signing import KeyCache, ensure_key, load_key_set, rotate
+from security.signing import KeyCache, ensure_key, load_key_set, rewrap_signing_keys, rotate
 from security.tokens import TokenConfig, TokenError, Tokens
 
 if TYPE_CHECKING:
@@ -54,9 +54,12 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield connection
 
 
+KEK_SETTING = Keyring.generate_setting("kek1")
+
+
 @pytest.fixture(scope="module")
 def keyring() -> Keyring:
-    return Keyring.from_setting(Keyring.generate_setting("kek1"))
+    return Keyring.from_setting(KEK_SETTING)
 
 
 def at(seconds: float) -> datetime:
@@ -208,3 +211,17 @@ async def test_the_async_loader_reads_the_same_set_as_the_sync_one(database_url,
         await cache.refresh(aconn)
     assert sorted(cache.get().kids) == sorted(sync.kids)
     assert {k["alg"] for k in sync.jwks()["keys"]} == {"EdDSA", "RS256"}
+
+
+def test_after_a_kek_rotation_rewrapped_keys_load_without_the_old_kek(conn, keyring):
+    ensure_key(conn, keyring, now=T0)
+    rotate(conn, keyring, activate_after_s=60, now=at(1))
+    new_setting = Keyring.generate_setting("kek2")
+    both = Keyring.from_setting(new_setting + "," + KEK_SETTING)
+    assert rewrap_signing_keys(conn, both) == 2
+    assert rewrap_signing_keys(conn, both) == 0
+    only_new = Keyring.from_setting(new_setting)
+    keys = load_key_set(conn, only_new, max_token_ttl_s=TTL, now=at(2))
+    assert len(keys.kids) == 2
+    with pytest.raises(DecryptionError):
+        load_key_set(conn, keyring, max_token_ttl_s=TTL, now=at(2))
