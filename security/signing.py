@@ -117,8 +117,8 @@ class KeyCache:
             if self.due():
                 try:
                     await self.refresh(pool)
-                except (psycopg.Error, ValueError) as exc:
-                    log.warning("could not reload signing keys: %s", exc)
+                except Exception as exc:  # the refresher must outlive a bad moment
+                    log.warning("could not reload signing keys: %r", exc)
                     self._refreshed_at = self._clock()  # retry after a period, not in a loop
                     self._requested = False
             with contextlib.suppress(TimeoutError):
