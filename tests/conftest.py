@@ -48,3 +48,15 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
                 # server is down, in which case the failing tests have already said so.
                 warnings.warn(f"could not drop {dbname}: {exc}", stacklevel=1)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def with_actor_keys(settings: Settings) -> Settings:
+    """``settings`` with a fresh key-encryption key: workers built from it verify actor tokens,
+    and ``infra.actors.operator_signer(settings)`` signs commands they accept."""
+    from pydantic import SecretStr
+
+    from security.keyring import Keyring
+
+    return settings.model_copy(
+        update={"key_encryption_keys": SecretStr(Keyring.generate_setting())}
+    )

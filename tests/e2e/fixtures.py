@@ -184,9 +184,11 @@ class Services:
 
 
 @pytest.fixture(scope="session")
-def e2e_env(endpoints: Endpoints) -> dict[str, str]:
+def e2e_env(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of every e2e process: the session's services and quick group joins."""
     return {
+        # Where the dev notifier's outbox (reset and verification messages) lives.
+        "UAIT_DATA_DIR": str(tmp_path_factory.mktemp("uait-data")),
         **os.environ,
         "UAIT_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
         "UAIT_DATABASE_URL": endpoints.database_url,

@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -590,3 +591,137 @@ def test_auth_events_reach_the_audit_log(user: User, api):
         return {i["action"] for i in items}
 
     assert eventually(lambda: {"user.registered", "login.ok", "login.failed"} <= actions())
+
+
+# -- one-time tokens, and secrets nowhere they should not be ------------------------------------
+
+
+def outbox_messages(services: Services, to: str) -> list[dict[str, Any]]:
+    folder = Path(services.env["UAIT_DATA_DIR"]) / "outbox"
+    found = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [m for m in found if m["to"] == to]
+
+
+def token_in(message: dict[str, Any]) -> str:
+    return str(message["body"].rsplit(" ", 1)[-1])
+
+
+def test_a_password_reset_token_works_once_and_ends_every_session(user: User, services: Services):
+    with user.client() as c:
+        assert c.post("/v1/auth/password-reset", json={"email": user.email}).status_code == 202
+        message = eventually(
+            lambda: [m for m in outbox_messages(services, user.email) if "Reset" in m["subject"]]
+        )[-1]
+        token = token_in(message)
+        new_password = f"reset to {uuid.uuid4().hex[:8]}"
+        body = {"token": token, "new_password": new_password}
+        assert c.post("/v1/auth/password-reset/confirm", json=body).status_code == 204
+        assert c.post("/v1/auth/password-reset/confirm", json=body).status_code == 400
+    assert status(services.base_url, "GET", "/v1/me", headers=user.bearer) == 401
+    user.password = new_password
+    assert user.login()
+
+
+def test_the_email_verification_token_verifies_the_email_once(services: Services):
+    u = User(services.base_url)
+    u.register()
+    u.login()
+    message = eventually(
+        lambda: [m for m in outbox_messages(services, u.email) if "Verify" in m["subject"]]
+    )[-1]
+    with u.client() as c:
+        body = {"token": token_in(message)}
+        assert c.post("/v1/auth/verify-email", json=body).status_code == 202
+        assert c.post("/v1/auth/verify-email", json=body).status_code == 400
+        assert eventually(lambda: c.get("/v1/me", headers=u.bearer).json()["email_verified"])
+
+
+async def _all_messages(bootstrap: str, topics: list[str]) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        values: list[bytes] = []
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            batch = await consumer.getmany(timeout_ms=500)
+            values += [r.value or b"" for records in batch.values() for r in records]
+        return values
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+def test_no_password_token_or_secret_reaches_logs_kafka_or_the_event_store(services: Services, api):
+    import asyncio
+
+    import psycopg
+
+    u = User(services.base_url)
+    u.register()
+    tokens = u.login()
+    user_id = u.user_id
+    secrets_seen = [u.password, tokens["access_token"], tokens["refresh_token"]]
+    totp, codes = enable_totp(u)
+    secrets_seen += [totp.secret, *codes]
+    key = make_key(u, ["knowledge:read", "account:self"])
+    secrets_seen.append(key["api_key"].rsplit("_", 1)[-1])
+    with u.client() as c:
+        mfa = c.post("/v1/auth/login", json={"email": u.email, "password": u.password}).json()
+        secrets_seen.append(mfa["mfa_token"])
+        second = c.post(
+            "/v1/auth/login/2fa",
+            json={"mfa_token": mfa["mfa_token"], "code": next_step_code(totp)},
+        ).json()
+        secrets_seen += [second["access_token"], second["refresh_token"]]
+        refreshed = c.post("/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+        secrets_seen += [refreshed.json()["access_token"], refreshed.json()["refresh_token"]]
+        new_password = f"changed {uuid.uuid4().hex[:8]}"
+        c.post(
+            "/v1/me/password",
+            json={"current_password": u.password, "new_password": new_password},
+            headers={"Authorization": f"Bearer {refreshed.json()['access_token']}"},
+        )
+        secrets_seen.append(new_password)
+    # Wait until the audit entries of the scenario are in the store, so everything was written.
+    assert eventually(
+        lambda: (
+            "user.password_changed"
+            in {
+                i["action"]
+                for i in api.get("/v1/audit", params={"subject": user_id}).json()["items"]
+            }
+        )
+    )
+    logs = "\n".join(p.read_text(errors="replace") for p in services.log_dir.glob("*.log"))
+    kafka = asyncio.run(
+        _all_messages(
+            services.env["UAIT_KAFKA_BOOTSTRAP"],
+            ["uait.commands.identity", "uait.commands.knowledge"],
+        )
+    )
+    with psycopg.connect(services.env["UAIT_DATABASE_URL"]) as conn:
+        stored = [bytes(r[0]) for r in conn.execute("SELECT state FROM identity_events")]
+    assert kafka
+    assert stored
+    haystacks = {"logs": logs.encode(), "kafka": b"\n".join(kafka), "store": b"\n".join(stored)}
+    for secret in secrets_seen:
+        assert len(secret) >= 8
+        for where, text in haystacks.items():
+            assert secret.encode() not in text, f"a secret reached the {where}"
+    # Personal data is sealed too: the email never appears in clear.
+    for where, text in haystacks.items():
+        if where != "logs":
+            assert u.email.encode() not in text, f"the email reached the {where}"
