@@ -725,3 +725,53 @@ def test_no_password_token_or_secret_reaches_logs_kafka_or_the_event_store(servi
     for where, text in haystacks.items():
         if where != "logs":
             assert u.email.encode() not in text, f"the email reached the {where}"
+
+
+def test_an_outside_producer_acts_only_as_its_api_key_with_its_scopes(services: Services):
+    import asyncio
+
+    from app.publisher import CommandPublisher
+    from events.envelope import dumps, wrap
+    from events.identity.commands import AssignRole
+    from events.knowledge.commands import IngestDocument
+    from events.topics import command_topic
+
+    u = User(services.base_url)
+    u.register()
+    u.login()
+    key = make_key(u, ["knowledge:write", "knowledge:read", "account:self"])
+    with httpx.Client(base_url=services.base_url, timeout=30) as c:
+        issued = c.post("/v1/auth/actor-token", headers={"X-API-Key": key["api_key"]}).json()
+    assert issued["actor"].endswith(f"/key:{key['key_id']}")
+    doc = IngestDocument(document_id=f"outside-{uuid.uuid4().hex[:8]}", title="T", text="mine")
+    promote = AssignRole(user_id=issued["actor"][5:].split("/")[0], role="admin")
+
+    async def produce() -> list[str]:
+        ids = []
+        async with CommandPublisher(services.env["UAIT_KAFKA_BOOTSTRAP"]) as p:
+            for command in (doc, promote):
+                envelope = wrap(command, actor=issued["actor"], actor_token=issued["actor_token"])
+                await p.send_raw(
+                    command_topic(command.CONTEXT),
+                    dumps(envelope),
+                    command.partition_key().encode(),
+                )
+                ids.append(str(envelope.message_id))
+        return ids
+
+    doc_id, promote_id = asyncio.run(produce())
+    with httpx.Client(base_url=services.base_url, timeout=30, headers=services.headers) as c:
+        done = eventually(
+            lambda: c.get(f"/v1/commands/{doc_id}").json().get("status") == "succeeded"
+        )
+        assert done
+        refused = eventually(
+            lambda: (
+                (r := c.get(f"/v1/commands/{promote_id}").json()).get("status") == "rejected" and r
+            )
+        )
+    assert refused["code"] == "unauthorized"
+    assert "users:write" in refused["reason"]
+    assert status(services.base_url, "GET", "/v1/me", headers=u.bearer) == 200
+    with u.client(**u.bearer) as c:
+        assert c.get("/v1/me").json()["roles"] == ["user"]
