@@ -24,7 +24,6 @@ from security.tokens import Tokens
 from tests.integration.test_worker_kafka import (  # noqa: F401  (module-scoped fixtures)
     publisher,
     settings,
-    wait_for_outcomes,
     worker,
 )
 
@@ -44,8 +43,13 @@ async def send(publisher, command, actor: str, token: str | None):
 
 async def outcome(worker, envelope, context: str = "knowledge"):
     store = worker.stores[context]
-    streams = await wait_for_outcomes(worker, [envelope.message_id])
-    [event] = streams[command_aggregate_id(envelope.message_id)]
+    wanted = [command_aggregate_id(envelope.message_id)]
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(store.existing, wanted):
+        assert time.monotonic() < deadline, "no outcome within 30 s"
+        await asyncio.sleep(0.1)
+    streams = await asyncio.to_thread(store.load_streams, wanted)
+    [event] = streams[wanted[0]]
     return event, store
 
 

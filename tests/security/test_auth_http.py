@@ -642,19 +642,20 @@ async def _all_messages(bootstrap: str, topics: list[str]) -> list[bytes]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in (consumer.partitions_for_topic(t) or await _partitions(consumer, t))
-        ]
+        parts = []
+        for topic in topics:
+            numbers = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+            parts += [TopicPartition(topic, n) for n in numbers]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
         values: list[bytes] = []
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        while True:
+            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if not behind:
+                return values
             batch = await consumer.getmany(timeout_ms=500)
             values += [r.value or b"" for records in batch.values() for r in records]
-        return values
     finally:
         await consumer.stop()
 
