@@ -39,6 +39,7 @@ from events.jobs import FAILURES_HEADER
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import EventMeta, encode_state
 from infra.settings import JobPolicy
+from security.actors import ActorRejectedError
 from telemetry import logs
 from workers import jobs
 from workers.aggregate import Aggregate, DomainRuleError
@@ -252,10 +253,13 @@ class BatchProcessor:
         conflict_retries: int = 5,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_started: Callable[[list[Item]], None] | None = None,
+        actors: Callable[[Envelope, Command], None] | None = None,
         parking: Parking | None = None,
         policies: jobs.Policies | None = None,
         is_cancelled: Callable[[uuid.UUID], bool] | None = None,
     ) -> None:
+        self.actors = actors
+        """Raises ActorRejectedError for a command whose actor cannot be verified."""
         self.store = store
         self.decider = decider
         self.conflict_retries = conflict_retries
@@ -305,6 +309,12 @@ class BatchProcessor:
                 f"{envelope.type} belongs to {command.CONTEXT}, not {self.decider.context}",
             )
             return item
+        if self.actors is not None:
+            try:
+                self.actors(envelope, command)
+            except ActorRejectedError as exc:
+                item.rejection = ("unauthorized", str(exc))
+                return item
         item.command = command
         if self.policies is not None:
             item.policy = self.policies.resolve(envelope.type, dict(record.headers))

@@ -11,8 +11,10 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
 import events  # noqa: F401  (registers every message type)
+from workers.actors import ActorCheck
 from workers.cancel import CancelWatcher
 from workers.eventstore import EventStore, open_factory
+from workers.identity.handlers import IdentityDecider
 from workers.knowledge.handlers import KnowledgeDecider
 from workers.wiring import include_context, with_retry_path
 
@@ -32,6 +34,7 @@ def deciders(settings: Settings) -> dict[str, Decider]:
             chunk_size=settings.chunk_size,
             chunk_overlap=settings.chunk_overlap,
         ),
+        "identity": IdentityDecider(),
     }
 
 
@@ -66,6 +69,9 @@ def build_worker(
     stores: dict[str, EventStore] = {}
     dispatchers: list[RetryDispatcher] = []
     cancels = CancelWatcher(None)
+    actors = ActorCheck(settings) if settings.verify_actors else None
+    if actors is None:
+        log.warning("UAIT_VERIFY_ACTORS=false: commands' actor tokens are NOT verified")
     for context, decider in deciders(settings).items():
         if contexts and context not in contexts:
             continue
@@ -77,7 +83,13 @@ def build_worker(
         stores[context] = store
         dispatchers.append(
             include_context(
-                broker, store, decider, settings, kafka_bootstrap=kafka_bootstrap, cancels=cancels
+                broker,
+                store,
+                decider,
+                settings,
+                kafka_bootstrap=kafka_bootstrap,
+                cancels=cancels,
+                actors=actors,
             )
         )
         log.info("worker subscribed to context %s (and its retry topic)", context)

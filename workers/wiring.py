@@ -18,9 +18,13 @@ from workers.retry import retry_router
 from workers.subscriber import command_router
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from faststream import FastStream
     from faststream.kafka import KafkaBroker
 
+    from events.base import Command
+    from events.envelope import Envelope
     from infra.settings import Settings
     from workers.batch import Decider
     from workers.cancel import CancelWatcher
@@ -35,6 +39,7 @@ def include_context(
     *,
     kafka_bootstrap: str,
     cancels: CancelWatcher,
+    actors: Callable[[Envelope, Command], None] | None = None,
 ) -> RetryDispatcher:
     """Subscribe ``broker`` to a context's command topic and its retry topic."""
     context = store.context
@@ -46,6 +51,7 @@ def include_context(
         parking=parking,
         policies=Policies(settings),
         is_cancelled=cancels.is_cancelled,
+        actors=actors,
     )
     dispatcher = RetryDispatcher(context, kafka_bootstrap, store, parking)
     for router in (command_router, retry_router):

@@ -1,7 +1,7 @@
 """Admin routes for the dead letters: list, show, redrive (once), purge by age.
 
 The same operations as ``uait dlq``, on the PostgreSQL index of the ``<topic>.dlq`` topics
-(``workers.dead_letters``); a redrive publishes through the ingress's producer.
+(``workers.dead_letters``); a redrive publishes through the ingress's producer. Admins only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.encoders import jsonable_encoder
 from psycopg_pool import PoolTimeout
 
+from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.publisher import BrokerUnavailableError
@@ -26,7 +27,10 @@ from workers.dead_letters import (
 )
 
 router = APIRouter(
-    prefix="/v1/admin/dlq", tags=["admin"], responses=problem_responses(*V1_PROBLEMS)
+    dependencies=[Depends(require("admin"))],
+    prefix="/v1/admin/dlq",
+    tags=["admin"],
+    responses=problem_responses(*V1_PROBLEMS),
 )
 
 TopicQuery = Annotated[str | None, Query(max_length=249, description="original topic, or its .dlq")]

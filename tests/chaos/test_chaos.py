@@ -33,7 +33,8 @@ from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database, eventsourcing_env
 from projections.registry import all_projections
 from projections.runner import rebuild_into
-from tests.e2e.conftest import free_port
+from tests.conftest import with_actor_keys
+from tests.e2e.fixtures import free_port
 from tests.e2e.test_crash_recovery import Traffic, committed_offsets, spawn, table
 from workers.eventstore import EventStore, open_factory
 
@@ -68,7 +69,7 @@ def chaos_settings(
 ) -> Iterator[Settings]:
     dbname = f"uait_chaos_{uuid.uuid4().hex[:8]}"
     database_url = create_database(endpoints.database_url, dbname)
-    base = Settings(database_url=database_url, redis_url=endpoints.redis_url)
+    base = with_actor_keys(Settings(database_url=database_url, redis_url=endpoints.redis_url))
     try:
         with EmbeddedStack(base, data_dir=tmp_path_factory.mktemp("chaos-kafka")) as ep:
             s = base.model_copy(
@@ -115,6 +116,7 @@ def spawn_with(
         "UAIT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "UAIT_DATABASE_URL": settings.database_url,
         "UAIT_REDIS_URL": settings.redis_url,
+        "UAIT_KEY_ENCRYPTION_KEYS": settings.key_encryption_keys.get_secret_value(),
         "UAIT_WORKER_SESSION_TIMEOUT_MS": str(settings.worker_session_timeout_ms),
         "UAIT_WORKER_BATCH_SIZE": str(settings.worker_batch_size),
         "UAIT_LOG_LEVEL": "WARNING",
@@ -165,7 +167,7 @@ def test_two_workers_killed_at_random_lose_nothing_and_double_nothing(chaos_sett
     rng = random.Random()
     projections = spawn(s, ["projections", "run"], log)
     workers = [WorkerProcess(s, log), WorkerProcess(s, log)]
-    traffic = Traffic(s.kafka_bootstrap, total=COMMANDS, rate=RATE)
+    traffic = Traffic(s, total=COMMANDS, rate=RATE)
     traffic.start()
     kills = attempts = 0
     try:

@@ -14,8 +14,10 @@ from app.publisher import headers_for
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
 from events.topics import command_topic, dead_letter_topic
-from infra.settings import JobPolicy
+from infra.actors import operator_signer
+from infra.settings import JobPolicy, Settings
 from infra.stack import eventsourcing_env
+from tests.conftest import with_actor_keys
 from workers.batch import BatchReport, Deferral, Item, Record
 from workers.eventstore import EventStore, open_factory
 from workers.parking import Parking
@@ -45,13 +47,16 @@ def wait_status(api: httpx.Client, command_id: str, wanted: set[str], timeout_s:
 
 def dead_letter(endpoints: Endpoints, doc: str) -> uuid.UUID:
     """Send a command to the DLQ the way a worker does after its last failed attempt."""
-    envelope = wrap(IngestDocument(document_id=doc, title="T", text="dead"), actor="e2e")
+    command = IngestDocument(document_id=doc, title="T", text="dead")
+    signer = operator_signer(with_actor_keys(Settings(database_url=endpoints.database_url)))
+    assert signer is not None
+    envelope = wrap(command, actor="e2e", actor_token=signer("e2e", command))
     record = Record(TOPIC, 0, 7, dumps(envelope), doc.encode(), None, tuple(headers_for(envelope)))
     item = Item(
         record,
         envelope.message_id,
         envelope=envelope,
-        command=IngestDocument(document_id=doc, title="T", text="dead"),
+        command=command,
         policy=JobPolicy(attempts=1),
     )
     failure = Deferral(
