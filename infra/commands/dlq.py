@@ -44,7 +44,9 @@ def _run(
         raise typer.Exit(EXIT_USAGE)
 
     async def main() -> Any:
-        async with AsyncConnectionPool(settings.database_url, open=False, max_size=2) as pool:
+        async with AsyncConnectionPool(
+            settings.database_url, open=False, min_size=1, max_size=2
+        ) as pool:
             if not kafka:
                 return await job(DeadLetters(pool), None)
             async with CommandPublisher(
