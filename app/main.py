@@ -21,6 +21,7 @@ import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.auth import routes_account, routes_admin, routes_login
 from app.auth.actors import IngressSigner
+from app.auth.principal import forbidden
 from app.auth.runtime import build_auth
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
@@ -184,7 +185,11 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         )
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not settings.metrics_public:  # then only an admin (e.g. the scraper's API key)
+            principal = await request.app.state.auth.authenticator.authenticate(request)
+            if "admin" not in principal.permissions:
+                raise forbidden("admin")
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     # Idempotency inside the size limit (it buffers the body), rate limits outside it.
