@@ -184,6 +184,13 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             media_type="application/health+json",
         )
 
+    if settings.bench_bare_route:
+
+        @app.get("/bench/bare", include_in_schema=False)
+        async def bare() -> dict[str, bool]:
+            """A constant answer: the baseline of `uait bench ingress`."""
+            return {"ok": True}
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         if not settings.metrics_public:  # then only an admin (e.g. the scraper's API key)

@@ -205,6 +205,9 @@ class Settings(BaseSettings):
     login_account_failures: int = Field(
         default=20, ge=1, description="failed logins per account per hour before unknown IPs slow"
     )
+    bench_bare_route: bool = Field(
+        default=False, description="serve GET /bench/bare (the baseline of `uait bench ingress`)"
+    )
     verify_actors: bool = Field(
         default=True, description="workers verify every command's signed actor token"
     )
