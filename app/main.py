@@ -19,6 +19,8 @@ from pydantic import BaseModel
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
+from app.cache import Cache
+from app.cache.knowledge import CachedQueries
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
@@ -36,7 +38,7 @@ from app.routes import events as events_routes
 from app.routes import workers as workers_routes
 from events.topics import CONTEXTS
 from projections.registry import all_projections
-from telemetry.metrics import REGISTRY
+from telemetry.metrics import POOLS, REGISTRY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -63,6 +65,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             check=AsyncConnectionPool.check_connection,
         )
         await pool.open(wait=False)
+        POOLS.watch_postgres("ingress", pool)
         publisher = CommandPublisher(
             kafka_bootstrap,
             timeout_s=settings.publish_timeout_s,
@@ -80,9 +83,21 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         )
         await watcher.start()
         redis = create_redis(settings)
+        queries = Queries(pool)
+        cached: CachedQueries | None = None
         if redis is None:
             log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
         else:
+            POOLS.watch_redis("ingress", redis.connection_pool)
+            if settings.cache_enabled:
+                cache = Cache(
+                    redis,
+                    prefix=settings.cache_prefix,
+                    default_ttl_s=settings.cache_ttl_s,
+                    jitter=settings.cache_ttl_jitter,
+                    scan_batch=settings.cache_scan_batch,
+                )
+                cached = CachedQueries(queries, cache, watcher, settings)
             app.state.ratelimiter = RateLimiter(redis)
             # A reservation outlives the longest request (publish, then Prefer: wait).
             app.state.idempotency = IdempotencyStore(
@@ -93,14 +108,18 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         app.state.deps = Deps(
             settings=settings,
             publisher=publisher,
-            queries=Queries(pool),
+            queries=queries,
             watcher=watcher,
             redis=redis,
+            cached=cached,
         )
         app.state.health = IngressHealth(app.state.deps)
         try:
             yield
         finally:
+            if cached is not None:
+                await cached.close()
+            POOLS.forget("ingress")
             await watcher.stop()
             await publisher.stop()
             with contextlib.suppress(Exception):
