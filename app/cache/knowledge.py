@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.encoders import jsonable_encoder
 
 from app.cache.flight import CacheAside
+from app.queries import decode_cursor
 from projections.cache_invalidation import COLLECTION, bucket, generations_key
 from projections.documents import DocumentsProjection
 
@@ -69,6 +70,9 @@ class CachedQueries:
 
     async def list_documents(self, cursor: str | None, limit: int) -> dict[str, Any]:
         """``{"items": [...], "next_cursor": ...}``; a bad cursor raises ``BadCursorError``."""
+
+        if cursor:
+            decode_cursor(cursor)  # a bad cursor is refused before it reaches Redis
 
         async def load() -> Any:
             items, next_cursor = await self.queries.documents(cursor, limit)

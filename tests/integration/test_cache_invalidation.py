@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 import redis
 from eventsourcing.postgres import PostgresApplicationRecorder
+from redis.asyncio import Redis
 
+from app.cache import Cache
+from app.cache.knowledge import CachedQueries
+from app.positions import PositionWatcher
+from app.queries import Queries
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from infra.migrate import migrate
+from infra.settings import Settings
 from infra.stack import create_database, drop_database, eventsourcing_env
 from projections.base import TransientProjectionError
 from projections.cache_invalidation import (
@@ -20,7 +28,7 @@ from projections.cache_invalidation import (
     bucket,
     generations_key,
 )
-from projections.control import read_state
+from projections.control import read_state, write_state
 from projections.documents import DocumentsProjection
 from projections.runner import ProjectionRunner
 from workers.batch import BatchProcessor, Record
@@ -36,16 +44,23 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(endpoints: Endpoints) -> Iterator[EventStore]:
+def database(endpoints: Endpoints) -> Iterator[str]:
     name = f"uait_cache_{uuid.uuid4().hex[:8]}"
     url = create_database(endpoints.database_url, name)
     migrate(url)
-    factory = open_factory("knowledge", eventsourcing_env(url))
+    try:
+        yield url
+    finally:
+        drop_database(endpoints.database_url, name)
+
+
+@pytest.fixture
+def store(database: str) -> Iterator[EventStore]:
+    factory = open_factory("knowledge", eventsourcing_env(database))
     try:
         yield EventStore("knowledge", factory)
     finally:
         factory.close()
-        drop_database(endpoints.database_url, name)
 
 
 def write(store: EventStore, commands: list[Any]) -> None:
@@ -120,3 +135,27 @@ def test_with_redis_unreachable_the_follower_waits_and_is_never_marked_failed(
         invalidation._advance()
     assert invalidation.position() == 0
     assert read_state(invalidation.datastore, CacheInvalidation.name).state == "running"
+
+
+async def test_cache_keys_follow_the_live_version_of_the_documents_tables(
+    database: str, endpoints: Endpoints
+) -> None:
+    """A blue/green swap or a rollback writes live_version; the keys change with it."""
+    watcher = PositionWatcher(database, {DocumentsProjection.name: "knowledge_tracking"})
+    client = Redis.from_url(endpoints.redis_url)
+    settings = Settings(database_url=database, redis_url=endpoints.redis_url)
+    cached = CachedQueries(Queries(None), Cache(client), watcher, settings)  # type: ignore[arg-type]
+    await watcher.start()
+    try:
+        assert cached.version() == DocumentsProjection.version
+        for version in (7, 3):
+            with psycopg.connect(database, autocommit=True) as conn, conn.cursor() as cur:
+                write_state(cur, DocumentsProjection.name, live_version=version)
+            for _ in range(200):
+                if cached.version() == version:
+                    break
+                await asyncio.sleep(0.025)
+            assert cached.version() == version
+    finally:
+        await watcher.stop()
+        await client.aclose()
