@@ -38,7 +38,9 @@ class PositionWatcher:
         self.event_channels = event_channels
         self.positions: dict[str, int] = {}
         self.versions: dict[str, int] = {}
-        """Each projection's live version, as ``projection_state`` says (absent: not known)."""
+        """Each projection's live version, as ``projection_state`` says (absent: not recorded)."""
+        self.versions_loaded = False
+        """True once ``versions`` has been read (until then nobody knows the live version)."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -68,6 +70,7 @@ class PositionWatcher:
                 "SELECT name, live_version FROM projection_state WHERE live_version IS NOT NULL"
             )
             self.versions = {str(name): int(version) for name, version in await cur.fetchall()}
+        self.versions_loaded = True
 
     def _advance(self, name: str, position: int) -> None:
         if position > self.positions.get(name, 0):

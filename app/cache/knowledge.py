@@ -51,8 +51,13 @@ class CachedQueries:
         )
         self.generations = generations_key(cache.prefix, projection)
 
+    @property
+    def ready(self) -> bool:
+        """Whether the live version is known: until then a key could name the wrong one."""
+        return self.watcher.versions_loaded
+
     def version(self) -> int:
-        """The version of the live documents tables (the code's until the watcher knows)."""
+        """The version of the live documents tables (the code's when none is recorded yet)."""
         name = DocumentsProjection.name
         return self.watcher.versions.get(name, DocumentsProjection.version)
 

@@ -198,10 +198,14 @@ async def search(
 
 
 def _cache(d: Deps, after: int | None, kind: str) -> CachedQueries | None:
-    """The cache, unless there is none or ``?after=`` asks for the read model itself."""
+    """The cache, unless there is none or ``?after=`` asks for the read model itself.
+
+    Also bypassed in the first moments of a process, until the live version of the tables is
+    known (keys carry it).
+    """
     if d.cached is None:
         return None
-    if after is not None:
+    if after is not None or not d.cached.ready:
         CACHE_LOOKUPS.labels(f"{DocumentsProjection.name}:{kind}", "bypass").inc()
         return None
     return d.cached

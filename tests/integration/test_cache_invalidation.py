@@ -145,9 +145,15 @@ async def test_cache_keys_follow_the_live_version_of_the_documents_tables(
     client = Redis.from_url(endpoints.redis_url)
     settings = Settings(database_url=database, redis_url=endpoints.redis_url)
     cached = CachedQueries(Queries(None), Cache(client), watcher, settings)  # type: ignore[arg-type]
+    assert not cached.ready, "the live version cannot be known before it is read"
     await watcher.start()
     try:
-        assert cached.version() == DocumentsProjection.version
+        for _ in range(200):
+            if cached.ready:
+                break
+            await asyncio.sleep(0.025)
+        assert cached.ready
+        assert cached.version() == DocumentsProjection.version  # none recorded yet
         for version in (7, 3):
             with psycopg.connect(database, autocommit=True) as conn, conn.cursor() as cur:
                 write_state(cur, DocumentsProjection.name, live_version=version)
