@@ -19,6 +19,8 @@ from pydantic import BaseModel
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
+from app.auth import routes_account, routes_admin, routes_login
+from app.auth.runtime import build_auth
 from app.cache import Cache
 from app.cache.knowledge import CachedQueries
 from app.deps import Deps
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         redis = create_redis(settings)
         queries = Queries(pool)
         cached: CachedQueries | None = None
+        limiter: RateLimiter | None = None
         if redis is None:
             log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
         else:
@@ -98,7 +101,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
                     scan_batch=settings.cache_scan_batch,
                 )
                 cached = CachedQueries(queries, cache, watcher, settings)
-            app.state.ratelimiter = RateLimiter(redis)
+            limiter = app.state.ratelimiter = RateLimiter(redis)
             # A reservation outlives the longest request (publish, then Prefer: wait).
             app.state.idempotency = IdempotencyStore(
                 redis,
@@ -114,9 +117,11 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             cached=cached,
         )
         app.state.health = IngressHealth(app.state.deps)
+        app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
         try:
             yield
         finally:
+            await app.state.auth.stop()
             if cached is not None:
                 await cached.close()
             POOLS.forget("ingress")
@@ -138,6 +143,10 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         telemetry={"tracing": False, "metrics": False},
     )
     problems.install(app)
+    app.include_router(routes_login.router)
+    app.include_router(routes_account.router)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_admin.jwks_router)
     app.include_router(knowledge.router)
     app.include_router(commands.router)
     app.include_router(admin.router)

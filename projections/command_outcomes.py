@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from projections.base import Envelope
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS command_outcomes (
+CREATE TABLE IF NOT EXISTS {table} (
     command_id   uuid PRIMARY KEY,
     context      text NOT NULL,
     command_type text NOT NULL,
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS command_outcomes (
 
 
 class CommandOutcomesProjection:
-    """One instance per context, because positions are per context."""
+    """The knowledge context's outcomes; every context has its own table (positions are per
+    context), and the query side reads them together (``OUTCOME_TABLES``)."""
 
     name: ClassVar[str] = "knowledge.command_outcomes"
     context: ClassVar[str] = "knowledge"
@@ -43,7 +44,7 @@ class CommandOutcomesProjection:
     topics: ClassVar[frozenset[str]] = frozenset({CommandSucceeded.TYPE, CommandRejected.TYPE})
 
     def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
-        cur.execute(SCHEMA)
+        cur.execute(SCHEMA.format(table=self.tables[0]))
 
     def create_indexes(self, cur: Cursor[Any]) -> None:
         return None
@@ -85,8 +86,20 @@ class CommandOutcomesProjection:
             # runner applies each event once, so a conflict here is a bug that must stop the
             # projection rather than be skipped.
             with cur.copy(
-                "COPY command_outcomes (command_id, context, command_type, status, code, reason,"
+                f"COPY {self.tables[0]} (command_id, context, command_type, status, code, reason,"
                 " detail, aggregate_id, correlation_id, actor, position, recorded_at) FROM STDIN"
             ) as copy:
                 for row in rows:
                     copy.write_row(row)
+
+
+class IdentityCommandOutcomesProjection(CommandOutcomesProjection):
+    name: ClassVar[str] = "identity.command_outcomes"
+    context: ClassVar[str] = "identity"
+    tables: ClassVar[tuple[str, ...]] = ("identity_command_outcomes",)
+
+
+OUTCOME_TABLES: tuple[str, ...] = (
+    CommandOutcomesProjection.tables[0],
+    IdentityCommandOutcomesProjection.tables[0],
+)
