@@ -451,7 +451,7 @@ def dev(
     port: Annotated[int | None, typer.Option(help="HTTP port (default UAIT_HTTP_PORT)")] = None,
 ) -> None:
     """Embedded stack + ingress + workers + projections, in one command. Ctrl-C stops all."""
-    from infra.secrets import dev_secrets
+    from infra.secrets import dev_secrets, write_dev_env
     from infra.stack import EmbeddedStack
 
     _logging(fmt="text")
@@ -467,6 +467,9 @@ def dev(
             **dev_secrets(settings.data_dir),
         }
         os.environ.update(env)
+        dev_env = write_dev_env(
+            settings.data_dir, {k: v for k, v in env.items() if k.startswith("UAIT_")}
+        )
         _ready(Settings())
         exe = [sys.executable, "-m", "infra.cli"]
         children = [
@@ -481,6 +484,8 @@ def dev(
             f"  Kafka     {endpoints.kafka_bootstrap}\n"
             f"  Postgres  {endpoints.database_url}\n"
             f"  Redis     {endpoints.redis_url}\n"
+            "The first admin (every route but health needs a login or an API key):\n"
+            f"  env $(cat {dev_env}) uait users create-admin --email you@example.com\n"
             "Ctrl-C stops everything.\n"
         )
         try:

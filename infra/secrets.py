@@ -39,3 +39,14 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
             f.writelines(f"{k}={v}\n" for k, v in generate().items())
     values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     return {n: os.environ.get(n) or values[n] for n in NAMES}
+
+
+def write_dev_env(data_dir: Path, env: dict[str, str]) -> Path:
+    """``<data_dir>/dev.env`` (mode 0600): the running dev stack's settings, for the CLI
+    (`env $(cat .uait/dev.env) uait users create-admin ...`)."""
+    path = data_dir / "dev.env"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{k}={v}\n" for k, v in sorted(env.items()) if "\n" not in v)
+    return path

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.problems import ProblemError
 from events.identity.roles import ADMIN, SELF
@@ -63,10 +64,20 @@ def forbidden(permission: str) -> ProblemError:
     )
 
 
-def require(permission: str) -> Callable[[Request], Awaitable[Principal]]:
+# Declared for the OpenAPI document (and its "Authorize" button); the Authenticator reads the
+# headers itself, so a missing one becomes our 401 problem, not FastAPI's 403.
+BEARER = HTTPBearer(auto_error=False, description="an access token from /v1/auth/login")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="uait_<id>_<secret>")
+
+
+def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the authenticated principal, refused unless it holds ``permission``."""
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(
+        request: Request,
+        _bearer: HTTPAuthorizationCredentials | None = Security(BEARER),
+        _key: str | None = Security(API_KEY),
+    ) -> Principal:
         principal: Principal = await request.app.state.auth.authenticator.authenticate(request)
         if permission not in principal.permissions:
             raise forbidden(permission)
