@@ -14,15 +14,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.settings import Settings
-from infra.stack import EmbeddedStack
-
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
     from infra.stack import Endpoints
-    from tests.e2e.conftest import IngressStarter, Services
+    from tests.e2e.fixtures import IngressStarter, Services
 
 pytestmark = pytest.mark.e2e
 
@@ -93,6 +87,7 @@ def served_within(check: Any, bound_s: float) -> float:
 async def test_100_concurrent_misses_on_one_key_over_two_ingresses_run_the_loader_once(
     services: Services, start_ingress: IngressStarter, api: httpx.Client, endpoints: Endpoints
 ) -> None:
+    auth = services.headers
     first = start_ingress(UAIT_CACHE_LOCK_TIMEOUT_S="30", **LONG_TTLS)
     second = start_ingress(UAIT_CACHE_LOCK_TIMEOUT_S="30", **LONG_TTLS)
     doc_id = f"stampede-{uuid.uuid4().hex[:8]}"
@@ -100,8 +95,8 @@ async def test_100_concurrent_misses_on_one_key_over_two_ingresses_run_the_loade
     wait_for_invalidator(endpoints.database_url, position)  # no bump can land mid-test
     path = f"{DOCUMENTS}/{doc_id}"
     async with (
-        httpx.AsyncClient(base_url=first.base_url, timeout=60) as a,
-        httpx.AsyncClient(base_url=second.base_url, timeout=60) as b,
+        httpx.AsyncClient(base_url=first.base_url, timeout=60, headers=auth) as a,
+        httpx.AsyncClient(base_url=second.base_url, timeout=60, headers=auth) as b,
     ):
         # Hold the read model so that every request misses at the same time: without
         # single-flight each of them would run the query once the lock is released.
@@ -136,12 +131,12 @@ async def test_100_concurrent_misses_on_one_key_over_two_ingresses_run_the_loade
 
 
 def test_a_changed_document_is_served_from_the_cache_within_the_bound_and_a_delete_is_404(
-    start_ingress: IngressStarter, api: httpx.Client
+    start_ingress: IngressStarter, api: httpx.Client, auth_headers: dict[str, str]
 ) -> None:
     ingress = start_ingress(**LONG_TTLS)
     doc_id = f"fresh-{uuid.uuid4().hex[:8]}"
     old_word, new_word = rare_word(), rare_word()
-    with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
+    with httpx.Client(base_url=ingress.base_url, timeout=30, headers=auth_headers) as client:
         ingest(client, {"document_id": doc_id, "title": "First", "text": f"About {old_word}."})
         path = f"{DOCUMENTS}/{doc_id}"
         served_within(lambda: client.get(path).json().get("version") == 1, INVALIDATION_BOUND_S)
@@ -184,10 +179,10 @@ def test_a_changed_document_is_served_from_the_cache_within_the_bound_and_a_dele
 
 
 def test_pool_metrics_appear_on_the_metrics_of_a_real_ingress_with_plausible_values(
-    start_ingress: IngressStarter,
+    start_ingress: IngressStarter, auth_headers: dict[str, str]
 ) -> None:
     ingress = start_ingress(UAIT_DB_POOL_MAX="7", UAIT_REDIS_POOL_MAX="33")
-    with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
+    with httpx.Client(base_url=ingress.base_url, timeout=30, headers=auth_headers) as client:
         for _ in range(5):
             assert client.get(DOCUMENTS, params={"limit": 1}).status_code == 200
     base = ingress.base_url
@@ -204,37 +199,3 @@ def test_pool_metrics_appear_on_the_metrics_of_a_real_ingress_with_plausible_val
     r_in_use = metric(base, "uait_redis_pool_connections", state="in_use", **pool)
     assert 1 <= r_idle + r_in_use <= 33
     print(f"db pool idle {idle:.0f}, in use {in_use:.0f}; redis {r_idle:.0f}, {r_in_use:.0f}")
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[EmbeddedStack]:
-    """A Redis of this test alone (so it can be stopped)."""
-    stack = EmbeddedStack(
-        Settings(kafka_bootstrap="unused:1", database_url="unused", redis_url=""),
-        data_dir=tmp_path / "stack",
-    )
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
-def test_with_redis_gone_a_lookup_reads_postgresql_and_says_so_in_a_metric(
-    start_ingress: IngressStarter, private_redis: EmbeddedStack, api: httpx.Client
-) -> None:
-    doc_id = f"failopen-{uuid.uuid4().hex[:8]}"
-    ingest(api, {"document_id": doc_id, "title": "Still here", "text": "Without Redis."})
-    ingress = start_ingress(UAIT_REDIS_URL=private_redis.start().redis_url)
-    path = f"{DOCUMENTS}/{doc_id}"
-    with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
-        assert client.get(path).json()["title"] == "Still here"
-        private_redis.stop()
-        answer = client.get(path)
-        assert answer.status_code == 200
-        assert answer.json()["title"] == "Still here"
-        search = client.get(SEARCH, params={"q": "redis"})
-        assert search.status_code == 200
-    base = ingress.base_url
-    assert metric(base, "uait_cache_lookups_total", cache=DOCUMENT_CACHE, result="error") == 1
-    assert metric(base, "uait_cache_lookups_total", cache=SEARCH_CACHE, result="error") == 1
-    assert metric(base, "uait_cache_loads_total", cache=DOCUMENT_CACHE, result="ok") == 2

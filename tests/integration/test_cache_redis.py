@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 
 from app.cache import Cache, CacheAside, CacheUnavailableError
 from bench.cache import PingProbe
+from infra.settings import Settings
+from infra.stack import EmbeddedStack
 from telemetry.metrics import REGISTRY
 
 if TYPE_CHECKING:
@@ -404,3 +406,25 @@ async def test_a_cached_none_is_a_hit_not_a_miss(endpoints: Endpoints, prefix: s
         await close_all([cache])
     assert calls == 1
     assert sample("uait_cache_lookups_total", cache="test.flight", result="hit") == hits + 1
+
+
+async def test_with_redis_stopped_mid_test_a_cached_key_is_read_through_the_loader(
+    tmp_path: Any,
+) -> None:
+    stack = EmbeddedStack(
+        Settings(kafka_bootstrap="unused:1", database_url="unused", redis_url=""),
+        data_dir=tmp_path / "stack",
+    )
+    client = Redis.from_url(stack.start().redis_url, socket_timeout=0.5)
+    cache = CacheAside(Cache(client, prefix="stopped"), "test.stopped", ttl_s=60)
+    loader = CountingLoader()
+    try:
+        assert await cache.fetch("k", loader) == {"call": 1}
+        assert await cache.fetch("k", loader) == {"call": 1}  # a hit
+        stack.stop()
+        errors = sample("uait_cache_lookups_total", cache="test.stopped", result="error")
+        assert await cache.fetch("k", loader) == {"call": 2}  # from the loader, no exception
+    finally:
+        stack.stop()
+        await client.aclose()
+    assert sample("uait_cache_lookups_total", cache="test.stopped", result="error") == errors + 1
