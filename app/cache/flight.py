@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from app.cache.service import CacheUnavailableError
+from app.cache.service import CacheUnavailableError, redis_call
 from telemetry.metrics import CACHE_FLIGHT_WAITS, CACHE_LOAD_DURATION, CACHE_LOADS, CACHE_LOOKUPS
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from app.cache.service import Cache
 
 log = logging.getLogger("uait.cache")
+WARN_EVERY_S = 10.0
 
 # KEYS[1] value key (without generation), KEYS[2] generation hash (optional)
 # ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] stale window ms, ARGV[4] generation field
@@ -111,6 +112,7 @@ class CacheAside:
         self._release = redis.register_script(_RELEASE)
         self._in_flight: dict[tuple[str, str | None], asyncio.Task[Any]] = {}
         self._refreshes: set[asyncio.Task[Any]] = set()
+        self._warned_at = -WARN_EVERY_S
 
     async def fetch(
         self,
@@ -154,12 +156,15 @@ class CacheAside:
             keys.append(generation[0])
             field = generation[1]
         try:
-            full_key, raw, state = await self.cache._call(
+            full_key, raw, state = await redis_call(
                 self._lookup(keys=keys, args=[token, self.lock_ms, self.stale_ms, field])
             )
         except CacheUnavailableError as exc:
             CACHE_LOOKUPS.labels(self.name, "error").inc()
-            log.warning("cache %s unavailable, reading the read model: %s", self.name, exc)
+            now = time.monotonic()
+            if now - self._warned_at > WARN_EVERY_S:  # the metric counts each; the log samples
+                self._warned_at = now
+                log.warning("cache %s unavailable, reading the read model: %s", self.name, exc)
             return await self._load(loader)
         lock = full_key + b":lock"
         if state == b"hit":
@@ -187,7 +192,7 @@ class CacheAside:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.05)
             try:
-                raw, state = await self.cache._call(
+                raw, state = await redis_call(
                     self._poll(keys=[key, lock], args=[token, self.lock_ms])
                 )
             except CacheUnavailableError:
@@ -220,11 +225,11 @@ class CacheAside:
             value = await self._load(loader)
         except BaseException:
             with contextlib.suppress(CacheUnavailableError):
-                await self.cache._call(self._release(keys=[lock], args=[token]))
+                await redis_call(self._release(keys=[lock], args=[token]))
             raise
         ttl_ms = self.cache.ttl_ms(self.ttl_s) + self.stale_ms
         try:
-            await self.cache._call(
+            await redis_call(
                 self._store(keys=[key, lock], args=[token, orjson.dumps(value), ttl_ms])
             )
         except CacheUnavailableError as exc:

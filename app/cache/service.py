@@ -77,26 +77,26 @@ class Cache:
         return max(int(base), 1)
 
     async def get(self, key: str, default: Any = None) -> Any:
-        raw = await self._call(self.redis.get(self.key(key)))
+        raw = await redis_call(self.redis.get(self.key(key)))
         return default if raw is None else orjson.loads(raw)
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
-        await self._call(self.redis.set(self.key(key), orjson.dumps(value), px=self.ttl_ms(ttl_s)))
+        await redis_call(self.redis.set(self.key(key), orjson.dumps(value), px=self.ttl_ms(ttl_s)))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        return int(await self._call(self.redis.unlink(*(self.key(k) for k in keys))))
+        return int(await redis_call(self.redis.unlink(*(self.key(k) for k in keys))))
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._call(self.redis.exists(self.key(key))))
+        return bool(await redis_call(self.redis.exists(self.key(key))))
 
     async def mget(self, keys: Iterable[str]) -> dict[str, Any]:
         """The values of the keys that exist (missing keys are left out)."""
         names = list(keys)
         if not names:
             return {}
-        raws = await self._call(self.redis.mget([self.key(k) for k in names]))
+        raws = await redis_call(self.redis.mget([self.key(k) for k in names]))
         return {k: orjson.loads(raw) for k, raw in zip(names, raws, strict=True) if raw is not None}
 
     async def mset(self, values: Mapping[str, Any], ttl_s: float | None = None) -> None:
@@ -106,7 +106,7 @@ class Cache:
         pipe = self.redis.pipeline(transaction=False)
         for k, v in values.items():
             pipe.set(self.key(k), orjson.dumps(v), px=self.ttl_ms(ttl_s))
-        await self._call(pipe.execute())
+        await redis_call(pipe.execute())
 
     async def increment(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
         """Add ``by`` atomically; a counter created by this call expires after ``ttl_s``.
@@ -114,14 +114,14 @@ class Cache:
         A counter is stored as Redis' integer string, which is also its JSON, so ``get`` reads it.
         """
         ttl = self.ttl_ms(ttl_s) if ttl_s is not None else 0
-        return int(await self._call(self._increment(keys=[self.key(key)], args=[by, ttl])))
+        return int(await redis_call(self._increment(keys=[self.key(key)], args=[by, ttl])))
 
     async def decrement(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
         return await self.increment(key, -by, ttl_s)
 
     async def expire(self, key: str, ttl_s: float) -> bool:
         """Set a key's TTL; False when the key does not exist."""
-        return bool(await self._call(self.redis.pexpire(self.key(key), self.ttl_ms(ttl_s))))
+        return bool(await redis_call(self.redis.pexpire(self.key(key), self.ttl_ms(ttl_s))))
 
     async def warm(
         self,
@@ -148,7 +148,7 @@ class Cache:
             pipe = self.redis.pipeline(transaction=False)
             for k in chunk:
                 pipe.exists(self.key(k))
-            present = await self._call(pipe.execute())
+            present = await redis_call(pipe.execute())
             missing = [k for k, here in zip(chunk, present, strict=True) if not here]
             if missing:
                 fresh = await loader(missing)
@@ -166,7 +166,7 @@ class Cache:
         """
         removed = 0
         async for batch in self._scan(pattern):
-            removed += int(await self._call(self.redis.unlink(*(self.key(k) for k in batch))))
+            removed += int(await redis_call(self.redis.unlink(*(self.key(k) for k in batch))))
         return removed
 
     async def _scan(self, pattern: str) -> AsyncIterator[list[str]]:
@@ -175,7 +175,7 @@ class Cache:
         cut = len(self.prefix) + 1
         cursor = 0
         while True:
-            cursor, found = await self._call(
+            cursor, found = await redis_call(
                 self.redis.scan(cursor, match=match, count=self.scan_batch)
             )
             if found:
@@ -184,9 +184,10 @@ class Cache:
                 return
             await asyncio.sleep(0)
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[Any]) -> Any:
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            raise CacheUnavailableError(f"cache unavailable: {exc}") from exc
+
+async def redis_call(awaitable: Awaitable[Any]) -> Any:
+    """Await a Redis command; any Redis or socket error becomes ``CacheUnavailableError``."""
+    try:
+        return await awaitable
+    except (RedisError, OSError) as exc:
+        raise CacheUnavailableError(f"cache unavailable: {exc}") from exc
