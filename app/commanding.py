@@ -31,6 +31,7 @@ _REJECTION_STATUS = {
     "not_found": 404,
     "too_large": 413,
     "domain": 409,
+    "unauthorized": 403,
     "invalid": 422,
     "unknown_type": 422,
     "malformed": 422,

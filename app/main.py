@@ -20,6 +20,7 @@ from pydantic import BaseModel
 import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.auth import routes_account, routes_admin, routes_login
+from app.auth.actors import IngressSigner
 from app.auth.runtime import build_auth
 from app.cache import Cache
 from app.cache.knowledge import CachedQueries
@@ -40,6 +41,7 @@ from app.routes import events as events_routes
 from app.routes import workers as workers_routes
 from events.topics import CONTEXTS
 from projections.registry import all_projections
+from security.actors import ActorIssuer
 from telemetry.metrics import POOLS, REGISTRY
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         )
         app.state.health = IngressHealth(app.state.deps)
         app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
+        publisher.signer = IngressSigner(ActorIssuer(app.state.auth.tokens))
         try:
             yield
         finally:

@@ -3,8 +3,8 @@
 A request is matched to a stack of limits (e.g. a knowledge write counts against ``knowledge``
 and ``default``). The script checks every limit of the stack and counts the request in all of
 them only when all allow it, so a request refused by one limit consumes nothing of the others.
-Keys are ``rl:{policy}:{scope}:{id}``; the scope is ``ip`` until identity exists (``user``,
-``key`` or ``account_ip`` can be added without changing the script).
+Keys are ``rl:{policy}:{scope}:{id}``; the scope is ``key`` (an API key), ``user`` (a bearer
+token) or ``ip`` (no valid credentials); login throttling uses ``account_ip`` (app.auth.throttle).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
+from starlette.requests import Request
 
 from app.asgi import send_problem
 from app.clientip import client_ip, in_networks
+from app.problems import ProblemError
 from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
 
 if TYPE_CHECKING:
@@ -199,6 +201,28 @@ class RateLimiter:
         return Decision(allowed=values[0] == 1, states=states)
 
 
+async def _principal(scope: Scope) -> tuple[str, str] | None:
+    """("key", key id) or ("user", user id) of a request whose credentials check out.
+
+    Authenticated requests count against their principal (an office behind one NAT address is
+    not one client); the rest against their address. The route authenticates again and reuses
+    this result (``request.state.principal``); a refusal is left to the route to answer.
+    """
+    headers = dict(scope["headers"])
+    if b"authorization" not in headers and b"x-api-key" not in headers:
+        return None
+    auth = getattr(scope["app"].state, "auth", None)
+    if auth is None:
+        return None
+    try:
+        principal = await auth.authenticator.authenticate(Request(scope))
+    except ProblemError:
+        return None
+    if principal.key_id:
+        return ("key", principal.key_id)
+    return ("user", principal.user_id)
+
+
 class RateLimitMiddleware:
     """ASGI middleware on /v1: 429 problem+json over a limit; headers on every answer.
 
@@ -222,7 +246,10 @@ class RateLimitMiddleware:
         if not names or in_networks(ip, self.exempt):
             await self.app(scope, receive, send)
             return
-        limits = [Limit(n, self.policies[n], "ip", ip) for n in names if n in self.policies]
+        who = await _principal(scope)
+        limits = [
+            Limit(n, self.policies[n], *(who or ("ip", ip))) for n in names if n in self.policies
+        ]
         limiter: RateLimiter | None = getattr(scope["app"].state, "ratelimiter", None)
         try:
             if limiter is None:

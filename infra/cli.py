@@ -409,6 +409,7 @@ def publish(
 ) -> None:
     """Publish one command straight to Kafka, in the same envelope the ingress uses."""
     from app.publisher import BrokerUnavailableError, CommandPublisher
+    from infra.actors import operator_signer
 
     settings = _settings()
     raw = sys.stdin.read() if command_json == "-" else command_json
@@ -434,6 +435,7 @@ def publish(
             settings.kafka_bootstrap,
             timeout_s=settings.publish_timeout_s,
             max_message_bytes=settings.kafka_max_message_bytes,
+            signer=operator_signer(settings),
         ) as publisher:
             envelope = await publisher.publish(message, actor=actor)
             return str(envelope.message_id)

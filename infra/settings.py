@@ -227,11 +227,16 @@ class Settings(BaseSettings):
     login_account_failures: int = Field(
         default=20, ge=1, description="failed logins per account per hour before unknown IPs slow"
     )
+    verify_actors: bool = Field(
+        default=True, description="workers verify every command's signed actor token"
+    )
     metrics_public: bool = Field(
         default=True, description="/metrics without authentication (for a scraper on the network)"
     )
-    notifier: Literal["log", "smtp"] = Field(
-        default="log", description="how reset and verification tokens are sent"
+    notifier: Literal["outbox", "smtp"] = Field(
+        default="outbox",
+        description="how reset and verification tokens are sent: files in <data dir>/outbox (dev)"
+        " or SMTP",
     )
     smtp_url: str = Field(default="", description="smtp://user:pass@host:port for the notifier")
     smtp_from: str = "uait@localhost"

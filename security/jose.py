@@ -14,6 +14,9 @@ from typing import Any
 MAX_TOKEN_BYTES = 8192
 ACTOR_AUDIENCE = "uait-workers"
 _KID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Compact JWS in unpadded base64url only: Python's decoder would skip stray characters, making
+# many strings verify as one token.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _ALLOWED_HEADERS = frozenset({"alg", "kid", "typ"})
 _REFUSED_HEADERS = ("jku", "x5u", "x5c", "jwk", "crit")
 
@@ -89,10 +92,11 @@ def kinds(config: TokenConfig) -> dict[str, Kind]:
 
 
 def parse_header(token: str) -> dict[str, Any]:
-    parts = token.split(".")
-    if len(parts) != 3:
+    if token.count(".") != 2:
         raise TokenError("not a compact JWS of three parts")
-    segment = parts[0]
+    if _COMPACT.fullmatch(token) is None:
+        raise TokenError("not unpadded base64url")
+    segment = token.partition(".")[0]
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         header = json.loads(raw, object_pairs_hook=_no_duplicates)

@@ -40,9 +40,11 @@ _INSERT = (
     "INSERT INTO signing_keys (kid, alg, public_jwk, private_key, created_at, activates_at)"
     " VALUES (%s, %s, %s, %s, %s, %s)"
 )
-_ACTIVE = (
-    "SELECT kid FROM signing_keys WHERE activates_at <= %s"
-    " AND (retired_at IS NULL OR retired_at > %s) ORDER BY activates_at DESC LIMIT 1"
+# Any key not retired counts, a pending one too: the first key exists once, whatever each
+# process's clock says about its activation instant.
+_USABLE = (
+    "SELECT kid FROM signing_keys WHERE retired_at IS NULL OR retired_at > %s"
+    " ORDER BY activates_at <= %s DESC, activates_at DESC LIMIT 1"
 )
 
 
@@ -53,11 +55,14 @@ def ensure_key(
     alg: str = "EdDSA",
     now: datetime | None = None,
 ) -> str:
-    """The active key's kid, creating an immediately active key when there is none."""
-    now = now or datetime.now(UTC)
+    """The usable key's kid, creating an immediately active key when there is none.
+
+    Under an advisory lock, so processes starting together create one key between them.
+    """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        row = conn.execute(_ACTIVE, (now, now)).fetchone()
+        now = now or datetime.now(UTC)  # read under the lock: later than any key made before
+        row = conn.execute(_USABLE, (now, now)).fetchone()
         if row is not None:
             return str(row[0])
         return _insert(conn, keyring, alg=alg, created_at=now, activates_at=now)
@@ -135,6 +140,24 @@ def key_set_from_rows(
             )
         )
     return KeySet(keys, max_token_ttl_s=max_token_ttl_s, loaded_at=now.timestamp())
+
+
+def rewrap_signing_keys(conn: psycopg.Connection[Any], keyring: Keyring) -> int:
+    """Re-encrypt every stored private key under the current KEK; returns how many changed.
+
+    Run after putting a new KEK first in the keyring setting; afterwards the old KEK can leave it.
+    """
+    changed = 0
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        rows = conn.execute("SELECT kid, private_key FROM signing_keys FOR UPDATE").fetchall()
+        for kid, blob in rows:
+            if keyring.kid_of(bytes(blob)) == keyring.current_kid:
+                continue
+            new_blob = keyring.rewrap(bytes(blob), aad=kid.encode())
+            conn.execute("UPDATE signing_keys SET private_key = %s WHERE kid = %s", (new_blob, kid))
+            changed += 1
+    return changed
 
 
 def new_kid() -> str:

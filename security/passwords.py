@@ -16,7 +16,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Literal
 
 from argon2 import PasswordHasher, Type
-from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -118,10 +118,10 @@ class Passwords:
         if stored_hash is not None:
             try:
                 self._hasher.verify(stored_hash, candidate)
-            except InvalidHashError:
-                pass  # a malformed hash: do the dummy work below and refuse
-            except VerificationError:
+            except VerifyMismatchError:
                 return PasswordCheck(ok=False, needs_rehash=False)
+            except (InvalidHashError, VerificationError):
+                pass  # a malformed hash fails before any work: do the dummy work and refuse
             else:
                 return PasswordCheck(ok=True, needs_rehash=self._needs_rehash(stored_hash))
         with contextlib.suppress(VerificationError):

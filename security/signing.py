@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from security.keyset import KeySet, NoSigningKeyError, SigningKey, VerificationKey
-from security.keystore import aload_key_set, ensure_key, load_key_set, rotate
+from security.keystore import aload_key_set, ensure_key, load_key_set, rewrap_signing_keys, rotate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +36,7 @@ __all__ = [
     "aload_key_set",
     "ensure_key",
     "load_key_set",
+    "rewrap_signing_keys",
     "rotate",
 ]
 
@@ -116,8 +117,8 @@ class KeyCache:
             if self.due():
                 try:
                     await self.refresh(pool)
-                except (psycopg.Error, ValueError) as exc:
-                    log.warning("could not reload signing keys: %s", exc)
+                except Exception as exc:  # the refresher must outlive a bad moment
+                    log.warning("could not reload signing keys: %r", exc)
                     self._refreshed_at = self._clock()  # retry after a period, not in a loop
                     self._requested = False
             with contextlib.suppress(TimeoutError):

@@ -6,6 +6,10 @@ token is checked before any signature work: size, header members (only ``alg``, 
 whose server-side pinned algorithm must equal the header's ``alg``. Then pyjwt verifies the
 signature, ``iss`` and ``aud`` (a string equal to ours), and the times are checked here against
 the injected clock. Refusals raise :class:`TokenError`; its reason is for logs only.
+
+Verified tokens are kept in a bounded LRU keyed by the token's SHA-256 and answered from it only
+before the token's ``exp`` and while its key still verifies. Revocation (a logged-out session,
+a disabled user) is not known here: the caller checks it on every request, cached or not.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class Tokens:
         scopes: Sequence[str],
         amr: Sequence[str],
     ) -> IssuedToken:
-        extra = {"sid": session_id, "roles": list(roles), "scope": " ".join(scopes)}
+        extra = {"sid": session_id, "roles": list(roles), "scope": _scope_claim(scopes)}
         return self._issue(self._kinds["access"], subject, {**extra, "amr": list(amr)})
 
     def issue_actor(
@@ -79,7 +83,7 @@ class Tokens:
         session_id: str | None = None,
         roles: Sequence[str] = (),
     ) -> str:
-        extra: dict[str, Any] = {"scope": " ".join(scopes), "roles": list(roles)}
+        extra: dict[str, Any] = {"scope": _scope_claim(scopes), "roles": list(roles)}
         if session_id is not None:
             extra["sid"] = session_id
         return self._issue(self._kinds["actor"], subject, extra).token
@@ -99,8 +103,9 @@ class Tokens:
     def _issue(self, kind: Kind, subject: str, extra: dict[str, Any]) -> IssuedToken:
         if not subject:
             raise ValueError("a token needs a subject")
-        now = int(self._clock())
-        signer = self._keys().signing_key_at(now)
+        instant = self._clock()
+        signer = self._keys().signing_key_at(instant)
+        now = int(instant)
         payload = {
             "iss": self.config.issuer,
             "aud": kind.audience,
@@ -168,3 +173,10 @@ class Tokens:
         claims = claims_from_payload(payload, kind, now=now, leeway_s=self.config.leeway_s)
         self._cache.put(digest, claims, kid)
         return claims
+
+
+def _scope_claim(scopes: Sequence[str]) -> str:
+    """RFC 9068's space-separated ``scope``: a scope holding a space would become two."""
+    if any(not scope or any(char.isspace() for char in scope) for scope in scopes):
+        raise ValueError(f"scopes must be non-empty and without spaces: {list(scopes)!r}")
+    return " ".join(scopes)

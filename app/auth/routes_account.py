@@ -250,3 +250,15 @@ async def revoke_api_key(key_id: str, request: Request, who: Self, a: Auth, d: D
     a.authenticator.forget_key(key_id)
     command = RevokeApiKey(user_id=row["user_id"], key_id=key_id)
     return await submit(request, d, command, actor=who.actor, success_status=200)
+
+
+@router.post("/auth/actor-token")
+async def actor_token(who: Self, a: Auth) -> dict[str, Any]:
+    """A signed actor token for a producer that writes commands to Kafka itself (typically
+    with a service's API key): the envelope's ``actor`` must be the ``actor`` answered here,
+    and the token's scopes are your permissions. It lives `actor_ttl` (5 min): fetch a new one
+    before it ends."""
+    token = a.tokens.issue_actor(
+        subject=who.actor, scopes=sorted(who.permissions), session_id=who.session_id
+    )
+    return {"actor": who.actor, "actor_token": token, "expires_in": a.tokens.config.actor_ttl_s}

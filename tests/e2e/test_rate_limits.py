@@ -17,12 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import Settings
 from infra.stack import EmbeddedStack
+from tests.e2e.fixtures import new_api_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.e2e.fixtures import IngressStarter
+    from tests.e2e.fixtures import IngressStarter, Services
 
 pytestmark = pytest.mark.e2e
 
@@ -36,9 +37,11 @@ AUTH: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
-def _authenticated(auth_headers: dict[str, str]) -> None:
-    """Every request of these tests carries the suite's API key (limits apply before auth)."""
-    AUTH.update(auth_headers)
+def _authenticated(services: Services) -> None:
+    """Every request of a test carries an API key of its own: authenticated requests count
+    against their key, so each test starts with full buckets."""
+    AUTH.clear()
+    AUTH.update(new_api_key(services))
 
 
 def new_client_ip() -> str:

@@ -376,6 +376,13 @@ def test_strings_that_are_not_compact_jws_are_refused(tokens, token):
         tokens.verify_access(token)
 
 
+@pytest.mark.parametrize("suffix", ["\n", "=", "==", " ", "%20"])
+def test_a_valid_token_with_characters_outside_base64url_is_refused(tokens, ed_private, suffix):
+    token = ed_token(ed_private)
+    assert tokens.verify_access(token).subject == "user-1"
+    refused(tokens.verify_access, token + suffix, "not unpadded base64url")
+
+
 def test_a_header_that_is_not_an_object_is_refused(tokens, ed_private):
     _, payload, signature = ed_token(ed_private).split(".")
     refused(

@@ -217,3 +217,10 @@ def test_the_key_cache_is_due_once_its_period_has_passed():
     assert not cache.due()
     clock.now = 30.0
     assert cache.due()
+
+
+@pytest.mark.parametrize("scopes", [["knowledge:read admin"], [""], ["a\tb"]])
+def test_a_scope_that_would_split_into_others_is_refused_at_issue(scopes):
+    tokens, _, _ = make()
+    with pytest.raises(ValueError, match="scopes"):
+        tokens.issue_actor(subject="u", scopes=scopes)

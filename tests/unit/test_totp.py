@@ -49,7 +49,9 @@ def test_codes_two_steps_away_are_refused_with_window_one(offset):
 
 
 def test_window_zero_accepts_only_the_current_step():
-    assert match_totp(SECRET, code_at_step(STEP - 1), at=T, valid_window=0) in (None, STEP)
+    if code_at_step(STEP - 1) == code_at_step(STEP):
+        pytest.skip("a one-in-a-million collision of codes between steps")
+    assert match_totp(SECRET, code_at_step(STEP - 1), at=T, valid_window=0) is None
     assert match_totp(SECRET, code_at_step(STEP), at=T, valid_window=0) == STEP
 
 
