@@ -10,6 +10,7 @@ from fastapi import Request  # noqa: TC002  (FastAPI resolves this annotation at
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from app.cache.knowledge import CachedQueries
     from app.positions import PositionWatcher
     from app.publisher import CommandPublisher
     from app.queries import Queries
@@ -24,6 +25,8 @@ class Deps:
     watcher: PositionWatcher
     redis: Redis | None = None
     """The process's one Redis client (rate limits, idempotency, breakers, worker control)."""
+    cached: CachedQueries | None = None
+    """The read-model queries through the cache (None: cache disabled or no Redis)."""
 
 
 def deps(request: Request) -> Deps:

@@ -23,6 +23,8 @@ from app.auth import routes_account, routes_admin, routes_login
 from app.auth.actors import IngressSigner
 from app.auth.principal import forbidden
 from app.auth.runtime import build_auth
+from app.cache import Cache
+from app.cache.knowledge import CachedQueries
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
@@ -41,7 +43,7 @@ from app.routes import workers as workers_routes
 from events.topics import CONTEXTS
 from projections.registry import all_projections
 from security.actors import ActorIssuer
-from telemetry.metrics import REGISTRY
+from telemetry.metrics import POOLS, REGISTRY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -68,6 +70,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             check=AsyncConnectionPool.check_connection,
         )
         await pool.open(wait=False)
+        POOLS.watch_postgres("ingress", pool)
         publisher = CommandPublisher(
             kafka_bootstrap,
             timeout_s=settings.publish_timeout_s,
@@ -85,10 +88,22 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         )
         await watcher.start()
         redis = create_redis(settings)
+        queries = Queries(pool)
+        cached: CachedQueries | None = None
         limiter: RateLimiter | None = None
         if redis is None:
             log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
         else:
+            POOLS.watch_redis("ingress", redis.connection_pool)
+            if settings.cache_enabled:
+                cache = Cache(
+                    redis,
+                    prefix=settings.cache_prefix,
+                    default_ttl_s=settings.cache_ttl_s,
+                    jitter=settings.cache_ttl_jitter,
+                    scan_batch=settings.cache_scan_batch,
+                )
+                cached = CachedQueries(queries, cache, watcher, settings)
             limiter = app.state.ratelimiter = RateLimiter(redis)
             # A reservation outlives the longest request (publish, then Prefer: wait).
             app.state.idempotency = IdempotencyStore(
@@ -99,9 +114,10 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         app.state.deps = Deps(
             settings=settings,
             publisher=publisher,
-            queries=Queries(pool),
+            queries=queries,
             watcher=watcher,
             redis=redis,
+            cached=cached,
         )
         app.state.health = IngressHealth(app.state.deps)
         app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
@@ -110,6 +126,9 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             yield
         finally:
             await app.state.auth.stop()
+            if cached is not None:
+                await cached.close()
+            POOLS.forget("ingress")
             await watcher.stop()
             await publisher.stop()
             with contextlib.suppress(Exception):
