@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
+from app.accepted import AcceptedLog
 from app.auth import routes_account, routes_admin, routes_login
 from app.auth.actors import IngressSigner
 from app.auth.principal import forbidden
@@ -111,6 +112,8 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
                 ttl_s=settings.idempotency_ttl_s,
                 in_flight_s=settings.publish_timeout_s + settings.max_wait_s + 30,
             )
+        accepted = AcceptedLog(pool)
+        accepted.start()
         app.state.deps = Deps(
             settings=settings,
             publisher=publisher,
@@ -118,6 +121,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             watcher=watcher,
             redis=redis,
             cached=cached,
+            accepted=accepted,
         )
         app.state.health = IngressHealth(app.state.deps)
         app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
@@ -126,6 +130,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             yield
         finally:
             await app.state.auth.stop()
+            await accepted.stop()
             if cached is not None:
                 await cached.close()
             POOLS.forget("ingress")
