@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
-from starlette.requests import Request
 
 from app.asgi import send_problem
+from app.auth.edge import principal_of
 from app.clientip import client_ip, in_networks
-from app.problems import ProblemError
 from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
 
 if TYPE_CHECKING:
@@ -201,28 +200,6 @@ class RateLimiter:
         return Decision(allowed=values[0] == 1, states=states)
 
 
-async def _principal(scope: Scope) -> tuple[str, str] | None:
-    """("key", key id) or ("user", user id) of a request whose credentials check out.
-
-    Authenticated requests count against their principal (an office behind one NAT address is
-    not one client); the rest against their address. The route authenticates again and reuses
-    this result (``request.state.principal``); a refusal is left to the route to answer.
-    """
-    headers = dict(scope["headers"])
-    if b"authorization" not in headers and b"x-api-key" not in headers:
-        return None
-    auth = getattr(scope["app"].state, "auth", None)
-    if auth is None:
-        return None
-    try:
-        principal = await auth.authenticator.authenticate(Request(scope))
-    except ProblemError:
-        return None
-    if principal.key_id:
-        return ("key", principal.key_id)
-    return ("user", principal.user_id)
-
-
 class RateLimitMiddleware:
     """ASGI middleware on /v1: 429 problem+json over a limit; headers on every answer.
 
@@ -246,7 +223,7 @@ class RateLimitMiddleware:
         if not names or in_networks(ip, self.exempt):
             await self.app(scope, receive, send)
             return
-        who = await _principal(scope)
+        who = await principal_of(scope)
         limits = [
             Limit(n, self.policies[n], *(who or ("ip", ip))) for n in names if n in self.policies
         ]

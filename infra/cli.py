@@ -697,6 +697,19 @@ def bench_retry(
     run_bench(commands=commands, rounds=rounds)
 
 
+@bench_app.command("ingress")
+def bench_ingress(
+    seconds: Annotated[int, typer.Option(help="length of each wrk run")] = 10,
+    rounds: Annotated[int, typer.Option(help="alternating rounds; medians are reported")] = 3,
+    connections: Annotated[int, typer.Option(help="wrk connections")] = 32,
+) -> None:
+    """The authenticated, rate-limited, validated publish path against a bare endpoint."""
+    from bench.ingress import main as run_bench
+
+    _logging("WARNING", fmt="text")
+    run_bench(seconds=seconds, rounds=rounds, connections=connections)
+
+
 @bench_app.command("rebuild")
 def bench_rebuild(
     count: Annotated[int, typer.Option("--events", help="events to generate")] = 1_000_000,

@@ -17,7 +17,7 @@ from app.auth.runtime import AuthRuntime, auth
 from app.auth.second_factor import check_second_factor, consume_totp
 from app.commanding import submit
 from app.deps import Deps, deps
-from app.problems import ProblemError, problem_responses
+from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from events.identity.commands import (
     CreateApiKey,
     DisableTwoFactor,
@@ -29,7 +29,9 @@ from events.identity.roles import ADMIN, PERMISSIONS
 from security.apikeys import new_api_key
 from security.totp import hash_recovery_code, new_recovery_codes, new_totp_secret, provisioning_uri
 
-router = APIRouter(prefix="/v1", tags=["account"], responses=problem_responses(401, 403, 422))
+router = APIRouter(
+    prefix="/v1", tags=["account"], responses=problem_responses(*V1_WRITE_PROBLEMS, 404)
+)
 Self = Annotated[Principal, Depends(require(SELF))]
 Auth = Annotated[AuthRuntime, Depends(auth)]
 D = Annotated[Deps, Depends(deps)]

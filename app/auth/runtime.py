@@ -118,5 +118,6 @@ async def build_auth(
     return runtime
 
 
-def auth(request: Request) -> AuthRuntime:
+async def auth(request: Request) -> AuthRuntime:
+    # async: FastAPI would run a plain function in its thread pool, on every request.
     return cast("AuthRuntime", request.app.state.auth)

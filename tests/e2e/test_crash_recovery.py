@@ -129,8 +129,8 @@ class Traffic(threading.Thread):
                 else:
                     text = f"version {rng.randint(1, 3)} of {doc}: kafka crash safety"
                     command = IngestDocument(document_id=doc, title=doc, text=text)
-                # Signed like every producer's commands: the workers verify actor tokens.
-                token = self.signer("crash-test", command) if self.signer else None
+                assert self.signer is not None
+                token = self.signer("crash-test", command)
                 envelope = wrap(command, actor="crash-test", actor_token=token)
                 copies = 2 if roll > 0.95 else 1  # duplicates on the topic are normal
                 for _ in range(copies):

@@ -204,7 +204,7 @@ def test_with_redis_gone_reads_fail_open_and_closed_policies_refuse_with_503(
 
 
 def test_an_idempotent_replay_returns_the_first_answer_and_publishes_once(
-    start_ingress: IngressStarter,
+    start_ingress: IngressStarter, services: Services
 ) -> None:
     ingress = start_ingress(**BEHIND_PROXY)
     published = "uait_kafka_messages_published_total"
@@ -235,11 +235,15 @@ def test_an_idempotent_replay_returns_the_first_answer_and_publishes_once(
         )
         problem(other_path, 422)
 
-        # The key is the client's: another client with the same key is a request of its own.
+        # The key is the principal's: another API key with the same key is a request of its own.
         elsewhere = client.post(
             DOCUMENTS,
             json=doc,
-            headers={"Idempotency-Key": key, "X-Forwarded-For": new_client_ip(), **AUTH},
+            headers={
+                "Idempotency-Key": key,
+                "X-Forwarded-For": new_client_ip(),
+                **new_api_key(services),
+            },
         )
         assert elsewhere.status_code == 202
         assert elsewhere.json()["command_id"] != command_id

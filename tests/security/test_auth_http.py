@@ -776,3 +776,32 @@ def test_an_outside_producer_acts_only_as_its_api_key_with_its_scopes(services: 
     assert status(services.base_url, "GET", "/v1/me", headers=u.bearer) == 200
     with u.client(**u.bearer) as c:
         assert c.get("/v1/me").json()["roles"] == ["user"]
+
+
+def test_private_metrics_need_an_admin(services: Services, start_ingress: IngressStarter):
+    base = start_ingress(UAIT_METRICS_PUBLIC="false").base_url
+    u = User(base)
+    u.register()
+    u.login()
+    assert status(base, "GET", "/metrics") == 401
+    assert status(base, "GET", "/metrics", headers=u.bearer) == 403
+    assert status(base, "GET", "/metrics", headers=services.headers) == 200
+    assert status(services.base_url, "GET", "/metrics") == 200  # public by default
+
+
+def test_an_idempotency_key_belongs_to_its_principal(services: Services):
+    alice, bob = User(services.base_url), User(services.base_url)
+    for u in (alice, bob):
+        u.register()
+        u.login()
+    key = f"same-{uuid.uuid4().hex[:8]}"
+    doc = {"title": "Mine", "text": "one effect per principal"}
+    answers = []
+    for u in (alice, bob, alice):
+        with u.client(**u.bearer, **{"Idempotency-Key": key}) as c:
+            answers.append(c.post("/v1/knowledge/documents", json=doc))
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    first, other, replay = (a.json()["command_id"] for a in answers)
+    assert replay == first  # alice's retry replays her answer
+    assert other != first  # bob's request with the same key is his own
+    assert answers[2].headers["idempotent-replayed"] == "true"
