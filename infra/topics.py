@@ -24,6 +24,8 @@ log = logging.getLogger("uait.topics")
 _TOPIC_ALREADY_EXISTS = 36
 _CONFIG_REJECTED = frozenset({40, 44})  # INVALID_CONFIG, POLICY_VIOLATION
 _POLL_INTERVAL_S = 0.1
+RETRY_HEADROOM_BYTES = 64 * 1024
+"""Room on the retry and dead-letter topics for the headers a worker adds to a command."""
 
 
 class TopicPartitionMismatchError(RuntimeError):
@@ -43,13 +45,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     The retry topic has the command topic's partitions: it is keyed by the same aggregate ids.
     """
     config = {"max.message.bytes": str(settings.kafka_max_message_bytes)}
+    # A command as large as its topic takes still fits with the headers the retry path adds.
+    retried = {"max.message.bytes": str(settings.kafka_max_message_bytes + RETRY_HEADROOM_BYTES)}
     specs: list[TopicSpec] = []
     for context in CONTEXTS:
         commands = command_topic(context)
         specs += [
             TopicSpec(commands, settings.command_partitions, dict(config)),
-            TopicSpec(retry_topic(commands), settings.command_partitions, dict(config)),
-            TopicSpec(dead_letter_topic(commands), settings.command_partitions, dict(config)),
+            TopicSpec(retry_topic(commands), settings.command_partitions, dict(retried)),
+            TopicSpec(dead_letter_topic(commands), settings.command_partitions, dict(retried)),
             TopicSpec(event_topic(context), settings.event_partitions, dict(config)),
         ]
     return specs

@@ -35,6 +35,7 @@ from events.jobs import (
     WORKER_HEADERS,
 )
 from events.topics import CONTEXTS, command_topic, dead_letter_topic, retry_topic
+from infra.topics import RETRY_HEADROOM_BYTES
 from telemetry.metrics import DEAD_LETTERS, DLQ_SIZE, RETRIES
 from workers import jobs
 
@@ -96,9 +97,18 @@ def _parse_time(raw: bytes | None) -> datetime | None:
 
 
 class RetryDispatcher:
-    def __init__(self, context: str, bootstrap: str, store: EventStore, parking: Parking) -> None:
+    def __init__(
+        self,
+        context: str,
+        bootstrap: str,
+        store: EventStore,
+        parking: Parking,
+        *,
+        max_message_bytes: int = 1024 * 1024,
+    ) -> None:
         self.context = context
         self.bootstrap = bootstrap
+        self.max_message_bytes = max_message_bytes
         self.store = store
         self.parking = parking
         self.topic = command_topic(context)
@@ -107,7 +117,11 @@ class RetryDispatcher:
     async def start(self) -> None:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                enable_idempotence=False,
+                # A record as large as the command topic takes, plus the retry headers.
+                max_request_size=self.max_message_bytes + RETRY_HEADROOM_BYTES,
             )
             await producer.start()
             self._producer = producer

@@ -53,7 +53,13 @@ def include_context(
         is_cancelled=cancels.is_cancelled,
         actors=actors,
     )
-    dispatcher = RetryDispatcher(context, kafka_bootstrap, store, parking)
+    dispatcher = RetryDispatcher(
+        context,
+        kafka_bootstrap,
+        store,
+        parking,
+        max_message_bytes=settings.kafka_max_message_bytes,
+    )
     for router in (command_router, retry_router):
         broker.include_router(
             router(context, processor, settings, dispatcher=dispatcher, cancels=cancels)

@@ -29,6 +29,7 @@ from events.topics import command_topic, dead_letter_topic, event_topic, retry_t
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, StackStartError, database_url_for, eventsourcing_env
 from infra.topics import (
+    RETRY_HEADROOM_BYTES,
     TopicPartitionMismatchError,
     TopicSpec,
     describe_topics,
@@ -82,8 +83,17 @@ def test_topic_specs_give_every_context_a_command_a_dead_letter_and_an_event_top
     assert specs[dead_letter_topic(commands)].partitions == 6
     assert specs[retry_topic(commands)].partitions == 6
     assert specs[event_topic("knowledge")].partitions == 3
-    assert {spec.config["max.message.bytes"] for spec in specs.values()} == {
-        str(settings.kafka_max_message_bytes)
+    limit = str(settings.kafka_max_message_bytes)
+    retried = str(settings.kafka_max_message_bytes + RETRY_HEADROOM_BYTES)
+    assert {
+        name: spec.config["max.message.bytes"]
+        for name, spec in specs.items()
+        if name.startswith("uait.commands.knowledge") or name == event_topic("knowledge")
+    } == {
+        commands: limit,
+        retry_topic(commands): retried,
+        dead_letter_topic(commands): retried,
+        event_topic("knowledge"): limit,
     }
 
 

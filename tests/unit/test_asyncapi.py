@@ -54,6 +54,8 @@ def test_every_provisioned_topic_is_a_channel_with_its_partitions():
         binding = channels[spec.name]["bindings"]["kafka"]
         assert binding["topic"] == spec.name
         assert binding["partitions"] == spec.partitions
+        limit = binding["topicConfiguration"]["max.message.bytes"]
+        assert limit == int(spec.config["max.message.bytes"]), spec.name
 
 
 def test_every_operation_names_a_channel_and_messages_of_that_channel():
