@@ -33,10 +33,12 @@ from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import EventMeta, encode_state
 from telemetry import logs
+from workers import snapshots
 from workers.aggregate import Aggregate, DomainRuleError
+from workers.snapshots import Stream
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from workers.eventstore import EventStore
 
@@ -150,7 +152,7 @@ class _StreamCache:
     decision first touched it, so ``recorded`` and ``rollback`` cost only what it touched.
     """
 
-    def __init__(self, histories: dict[uuid.UUID, list[Event]]) -> None:
+    def __init__(self, histories: Mapping[uuid.UUID, Stream]) -> None:
         self._histories = histories
         self._loaded: dict[uuid.UUID, Aggregate] = {}
         self._marks: dict[uuid.UUID, int] = {}
@@ -161,7 +163,7 @@ class _StreamCache:
     def get(self, aggregate_id: uuid.UUID, cls: type[AggregateT]) -> AggregateT:
         aggregate = self._loaded.get(aggregate_id)
         if aggregate is None:
-            aggregate = cls.replay(aggregate_id, self._histories.get(aggregate_id, ()))
+            aggregate = self._history(aggregate_id).replay(aggregate_id, cls)
             self._loaded[aggregate_id] = aggregate
         assert isinstance(aggregate, cls)
         self._marks.setdefault(aggregate_id, len(aggregate.pending))
@@ -181,10 +183,23 @@ class _StreamCache:
             aggregate = self._loaded[aggregate_id]
             if len(aggregate.pending) == keep:
                 continue
-            fresh = type(aggregate).replay(aggregate_id, self._histories.get(aggregate_id, ()))
+            fresh = self._history(aggregate_id).replay(aggregate_id, type(aggregate))
             for _, event in aggregate.pending[:keep]:
                 fresh.record(event)
             self._loaded[aggregate_id] = fresh
+
+    def _history(self, aggregate_id: uuid.UUID) -> Stream:
+        return self._histories.get(aggregate_id) or Stream()
+
+    def snapshots_due(self, every: Mapping[str, int]) -> list[StoredEvent]:
+        """Snapshots of the aggregates this batch carries across a multiple of their interval."""
+        if not every:
+            return []
+        return [
+            snapshots.encode(a)
+            for a in self._loaded.values()
+            if snapshots.due(a, len(a.pending), every)
+        ]
 
 
 class BatchProcessor:
@@ -276,7 +291,7 @@ class BatchProcessor:
         for oid in done:
             report.count(outcome_ids[oid], "duplicate")
         stream_ids = {sid for i in fresh if i.command for sid in self.decider.stream_ids(i.command)}
-        streams = _StreamCache(self.store.load_streams(sorted(stream_ids)))
+        streams = _StreamCache(self.store.load_latest(sorted(stream_ids)))
         now = self.clock()
         stored: list[StoredEvent] = []
         for item in fresh:
@@ -288,7 +303,7 @@ class BatchProcessor:
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
         if stored:
             started = time.time_ns()
-            self.store.append(stored)
+            self.store.append(stored, streams.snapshots_due(self.store.snapshot_every))
             ended = time.time_ns()
             for item in fresh:
                 report.appends[item.command_id] = (started, ended)

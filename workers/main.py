@@ -68,7 +68,9 @@ def build_worker(
     for context, decider in deciders(settings).items():
         if contexts and context not in contexts:
             continue
-        store = EventStore(context, open_factory(context, es_env))
+        store = EventStore(
+            context, open_factory(context, es_env), snapshot_every=settings.snapshot_every
+        )
         stores[context] = store
         processor = BatchProcessor(
             store,
