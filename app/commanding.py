@@ -76,7 +76,11 @@ async def submit(
     # it starts it. Failing here would make a retrying client send the command twice.
     try:
         await d.queries.log_accepted(
-            command_id, command.CONTEXT, command.TYPE, envelope.occurred_at or datetime.now(UTC)
+            command_id,
+            command.CONTEXT,
+            command.TYPE,
+            envelope.occurred_at or datetime.now(UTC),
+            actor,
         )
     except (psycopg.Error, PoolTimeout) as exc:
         log.warning("could not note command %s as accepted: %s", command_id, exc)

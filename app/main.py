@@ -19,6 +19,8 @@ from pydantic import BaseModel
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
+from app.auth import routes_account, routes_admin, routes_login
+from app.auth.runtime import build_auth
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
@@ -80,10 +82,11 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         )
         await watcher.start()
         redis = create_redis(settings)
+        limiter: RateLimiter | None = None
         if redis is None:
             log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
         else:
-            app.state.ratelimiter = RateLimiter(redis)
+            limiter = app.state.ratelimiter = RateLimiter(redis)
             # A reservation outlives the longest request (publish, then Prefer: wait).
             app.state.idempotency = IdempotencyStore(
                 redis,
@@ -98,9 +101,11 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             redis=redis,
         )
         app.state.health = IngressHealth(app.state.deps)
+        app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
         try:
             yield
         finally:
+            await app.state.auth.stop()
             await watcher.stop()
             await publisher.stop()
             with contextlib.suppress(Exception):
@@ -119,6 +124,10 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         telemetry={"tracing": False, "metrics": False},
     )
     problems.install(app)
+    app.include_router(routes_login.router)
+    app.include_router(routes_account.router)
+    app.include_router(routes_admin.router)
+    app.include_router(routes_admin.jwks_router)
     app.include_router(knowledge.router)
     app.include_router(commands.router)
     app.include_router(admin.router)

@@ -65,7 +65,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # Every /v1 route: invalid parameters (422), the rate limit (429) and, for a policy that fails
 # closed, its limiter being unavailable (503).
-V1_PROBLEMS = (422, 429, 503)
+V1_PROBLEMS = (401, 403, 422, 429, 503)
 # Every /v1 route that takes POST or DELETE: the body and Idempotency-Key checks too.
 V1_WRITE_PROBLEMS = (*V1_PROBLEMS, 400, 409, 413, 415)
 

@@ -8,8 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
+from projections.command_outcomes import OUTCOME_TABLES
+
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
+
+
+# Every context's outcome table, read as one (each is a projection of its own event store).
+OUTCOMES = "(" + " UNION ALL ".join(f"SELECT * FROM {t}" for t in OUTCOME_TABLES) + ")"
 
 
 class BadCursorError(ValueError):
@@ -98,9 +104,12 @@ class Queries:
             (q, limit),
         )
 
-    async def command(self, command_id: uuid.UUID) -> dict[str, Any] | None:
+    async def command(
+        self, command_id: uuid.UUID, *, actor: str | None = None
+    ) -> dict[str, Any] | None:
+        """One command's lifecycle; with ``actor``, only if that principal sent it."""
         return await self._one(
-            """
+            f"""
             SELECT COALESCE(o.command_id, l.command_id) AS command_id,
                    COALESCE(o.context, l.context) AS context,
                    COALESCE(o.command_type, l.command_type) AS command_type,
@@ -109,25 +118,32 @@ class Queries:
                        AS status,
                    l.accepted_at, l.started_at, l.last_attempt_at, o.recorded_at AS finished_at,
                    COALESCE(l.attempts, 0) AS attempts, o.code, o.reason, o.detail,
-                   o.aggregate_id, o.position, o.correlation_id
-            FROM command_outcomes o FULL JOIN command_log l USING (command_id)
+                   o.aggregate_id, o.position, o.correlation_id,
+                   COALESCE(o.actor, l.actor) AS actor
+            FROM {OUTCOMES} o FULL JOIN command_log l USING (command_id)
             WHERE COALESCE(o.command_id, l.command_id) = %s
+              AND (%s::text IS NULL OR split_part(COALESCE(o.actor, l.actor), '/', 1) = %s)
             """,
-            (command_id,),
+            (command_id, actor, actor),
         )
 
     async def commands(
-        self, cursor: str | None, limit: int
+        self, cursor: str | None, limit: int, *, actor: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Newest first: command ids are UUIDv7, so id order is time order."""
+        """Newest first: command ids are UUIDv7, so id order is time order.
+
+        With ``actor``, only the commands that principal sent.
+        """
         before = uuid.UUID(decode_cursor(cursor)) if cursor else uuid.UUID(int=(1 << 128) - 1)
         rows = await self._all(
-            """
+            f"""
             WITH ids AS (
                 (SELECT command_id FROM command_log WHERE command_id < %s
+                 AND (%s::text IS NULL OR split_part(actor, '/', 1) = %s)
                  ORDER BY command_id DESC LIMIT %s)
                 UNION
-                (SELECT command_id FROM command_outcomes WHERE command_id < %s
+                (SELECT command_id FROM {OUTCOMES} WHERE command_id < %s
+                 AND (%s::text IS NULL OR split_part(actor, '/', 1) = %s)
                  ORDER BY command_id DESC LIMIT %s)
             ),
             page AS (SELECT command_id FROM ids ORDER BY command_id DESC LIMIT %s)
@@ -139,11 +155,11 @@ class Queries:
                        AS status,
                    l.accepted_at, o.recorded_at AS finished_at, o.code, o.reason, o.position
             FROM page
-            LEFT JOIN command_outcomes o USING (command_id)
+            LEFT JOIN {OUTCOMES} o USING (command_id)
             LEFT JOIN command_log l USING (command_id)
             ORDER BY page.command_id DESC
             """,
-            (before, limit + 1, before, limit + 1, limit + 1),
+            (before, actor, actor, limit + 1, before, actor, actor, limit + 1, limit + 1),
         )
         more = len(rows) > limit
         rows = rows[:limit]
@@ -157,11 +173,16 @@ class Queries:
         return int(row["head"]) if row else 0
 
     async def log_accepted(
-        self, command_id: uuid.UUID, context: str, command_type: str, accepted_at: Any
+        self,
+        command_id: uuid.UUID,
+        context: str,
+        command_type: str,
+        accepted_at: Any,
+        actor: str | None = None,
     ) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO command_log (command_id, context, command_type, accepted_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (command_id) DO NOTHING",
-                (command_id, context, command_type, accepted_at),
+                "INSERT INTO command_log (command_id, context, command_type, accepted_at, actor)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (command_id) DO NOTHING",
+                (command_id, context, command_type, accepted_at, actor),
             )

@@ -84,6 +84,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # ``account_ip`` scope.
 ROUTE_GROUPS: tuple[tuple[frozenset[str] | None, str, tuple[str, ...]], ...] = (
     (WRITE_METHODS, "/v1/knowledge", ("knowledge", "default")),
+    (frozenset({"POST"}), "/v1/auth/register", ("register",)),
     (None, "/v1", ("default",)),
 )
 

@@ -9,6 +9,9 @@ import uuid
 # Namespaces for uuid5-derived aggregate ids. Changing one orphans every stored stream.
 COMMAND_NAMESPACE = uuid.UUID("6f0a4e1c-2f0b-5d8e-9a51-0c3e7b1d2a40")
 DOCUMENT_NAMESPACE = uuid.UUID("b2f1c1e4-8f5a-5b7d-8c2e-4d9a6e3f1b07")
+EMAIL_NAMESPACE = uuid.UUID("0d3c9a57-41e2-5c8b-b6f0-7a2e91c4d853")
+NO_USER = uuid.UUID(int=0)
+"""The subject of an audit record about nobody known (a failed login for an unknown email)."""
 
 _last_ms = 0
 _counter = 0
@@ -43,3 +46,8 @@ def command_aggregate_id(message_id: uuid.UUID) -> uuid.UUID:
 
 def document_aggregate_id(document_id: str) -> uuid.UUID:
     return uuid.uuid5(DOCUMENT_NAMESPACE, document_id)
+
+
+def email_reservation_id(email_hmac: str) -> uuid.UUID:
+    """The stream that says who owns an email (by its keyed hash, never the email itself)."""
+    return uuid.uuid5(EMAIL_NAMESPACE, email_hmac)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-CONTEXTS: tuple[str, ...] = ("knowledge",)
+CONTEXTS: tuple[str, ...] = ("knowledge", "identity")
 
 
 def command_topic(context: str) -> str:

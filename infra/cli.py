@@ -22,6 +22,7 @@ from events.base import Command, UnknownMessageTypeError, load
 from events.envelope import describe_validation_error
 from events.topics import CONTEXTS
 from infra.commands.breakers import app as breakers_app
+from infra.commands.identity import keys_app, secrets_app, users_app
 from infra.commands.workers import app as workers_app
 from infra.settings import Settings
 
@@ -36,6 +37,9 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
 app.add_typer(breakers_app, name="breakers")
 app.add_typer(workers_app, name="workers")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+app.add_typer(secrets_app, name="secrets")
 
 console = Console(stderr=True)
 
@@ -376,6 +380,9 @@ def ingress(
 
     _logging(service="uait-ingress")
     settings = _ready(_settings(), need_kafka=False)
+    from infra.runtime import ensure_signing_key
+
+    ensure_signing_key(settings)
     api = create_app(
         settings, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap
     )
@@ -444,6 +451,7 @@ def dev(
     port: Annotated[int | None, typer.Option(help="HTTP port (default UAIT_HTTP_PORT)")] = None,
 ) -> None:
     """Embedded stack + ingress + workers + projections, in one command. Ctrl-C stops all."""
+    from infra.secrets import dev_secrets, write_dev_env
     from infra.stack import EmbeddedStack
 
     _logging(fmt="text")
@@ -456,8 +464,12 @@ def dev(
             "UAIT_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
             "UAIT_DATABASE_URL": endpoints.database_url,
             "UAIT_REDIS_URL": endpoints.redis_url,
+            **dev_secrets(settings.data_dir),
         }
         os.environ.update(env)
+        dev_env = write_dev_env(
+            settings.data_dir, {k: v for k, v in env.items() if k.startswith("UAIT_")}
+        )
         _ready(Settings())
         exe = [sys.executable, "-m", "infra.cli"]
         children = [
@@ -472,6 +484,8 @@ def dev(
             f"  Kafka     {endpoints.kafka_bootstrap}\n"
             f"  Postgres  {endpoints.database_url}\n"
             f"  Redis     {endpoints.redis_url}\n"
+            "The first admin (every route but health needs a login or an API key):\n"
+            f"  env $(cat {dev_env}) uait users create-admin --email you@example.com\n"
             "Ctrl-C stops everything.\n"
         )
         try:

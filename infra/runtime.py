@@ -66,6 +66,23 @@ def prepare(settings: Settings, *, need_kafka: bool = True) -> None:
         log.warning("could not provision topics (%s); continuing without Kafka", exc)
 
 
+def ensure_signing_key(settings: Settings) -> None:
+    """Create the first JWT signing key when there is none (once, under a lock)."""
+    import psycopg
+
+    from security.keyring import Keyring
+    from security.keystore import ensure_key
+
+    value = settings.key_encryption_keys.get_secret_value()
+    if not value:
+        raise SystemExit(
+            "UAIT_KEY_ENCRYPTION_KEYS is not set: `uait secrets generate` prints values for it and"
+            " UAIT_IDENTITY_PEPPER (`uait dev` keeps its own)"
+        )
+    with psycopg.connect(settings.database_url) as conn:
+        ensure_key(conn, Keyring.from_setting(value), alg=settings.jwt_algorithm)
+
+
 def projection_runners(
     settings: Settings, *, names: list[str] | None = None, setup: bool = True
 ) -> tuple[list[ProjectionRunner], list[PostgresFactory]]:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KIB = 1024
@@ -175,6 +175,50 @@ class Settings(BaseSettings):
     breaker_open_wait_s: float = Field(default=30.0, gt=0, description="open before half-open")
     breaker_half_open_probes: int = Field(default=3, ge=1, le=100, description="trial calls")
 
+    # Identity and access
+    key_encryption_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="key-encryption keys `kid:base64(32 bytes)`, comma-separated, first current;"
+        " `uait secrets generate` makes one (`uait dev` keeps one in the data dir)",
+    )
+    identity_pepper: SecretStr = Field(
+        default=SecretStr(""),
+        description="secret for the keyed hash of emails (base64, >= 32 bytes); never rotate it",
+    )
+    jwt_issuer: str = Field(default="uait", min_length=1)
+    jwt_audience: str = Field(default="uait-api", min_length=1)
+    jwt_algorithm: Literal["EdDSA", "RS256"] = "EdDSA"
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=60, description="absolute lifetime")
+    refresh_token_idle_s: int = Field(default=7 * 86_400, ge=60, description="idle lifetime")
+    refresh_reuse_grace_s: float = Field(
+        default=10.0, ge=0, le=120, description="a rotated refresh token may be used again within"
+    )
+    signing_key_refresh_s: float = Field(
+        default=30.0, gt=0, description="how often each process reloads the signing keys"
+    )
+    signing_key_activation_s: float = Field(
+        default=90.0, ge=0, description="a rotated key signs only after every replica loaded it"
+    )
+    argon2_memory_kib: int = Field(default=19_456, ge=8, description="argon2id memory (OWASP)")
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    totp_issuer: str = "Universal AI Tools"
+    api_key_cache_s: float = Field(
+        default=30.0, ge=0, description="API-key lookups cached (revocation still applies at once)"
+    )
+    login_account_failures: int = Field(
+        default=20, ge=1, description="failed logins per account per hour before unknown IPs slow"
+    )
+    metrics_public: bool = Field(
+        default=True, description="/metrics without authentication (for a scraper on the network)"
+    )
+    notifier: Literal["log", "smtp"] = Field(
+        default="log", description="how reset and verification tokens are sent"
+    )
+    smtp_url: str = Field(default="", description="smtp://user:pass@host:port for the notifier")
+    smtp_from: str = "uait@localhost"
+
     @field_validator("rate_limit_policies", mode="before")
     @classmethod
     def _merge_policies(cls, value: Any) -> Any:
@@ -224,6 +268,13 @@ class Settings(BaseSettings):
                 f"max_text_bytes={self.max_text_bytes} does not fit a Kafka message of "
                 f"{self.kafka_max_message_bytes} bytes; raise UAIT_KAFKA_MAX_MESSAGE_BYTES "
                 "(and the broker's message.max.bytes) or lower UAIT_MAX_TEXT_BYTES"
+            )
+        if self.signing_key_activation_s < self.signing_key_refresh_s * 2 and (
+            self.signing_key_activation_s > 0
+        ):
+            raise ValueError(
+                "signing_key_activation_s must be at least twice signing_key_refresh_s, so every"
+                " replica loads a rotated key before it signs anything"
             )
         if self.chunk_overlap >= self.chunk_size // 2:
             raise ValueError("chunk_overlap must be less than half of chunk_size")

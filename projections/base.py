@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -40,22 +40,29 @@ class Projection(Protocol):
     topics: ClassVar[frozenset[str]]
     """The event types it handles; others are skipped without being decoded."""
 
-    def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None:
-        """Create the tables, and unless told otherwise their secondary indexes (idempotent).
-
-        ``bulk`` creates the staging tables of a rebuild's bulk load instead (UNLOGGED, no
-        secondary indexes), which ``stage`` fills and ``seal`` turns into exactly the tables
-        and rows that ``create`` and ``apply`` would have made.
-        """
+    def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
+        """Create the tables, and unless told otherwise their secondary indexes (idempotent)."""
 
     def create_indexes(self, cur: Cursor[Any]) -> None:
-        """Create the secondary indexes."""
+        """Create the secondary indexes (a rebuild does this after its bulk load)."""
+
+    def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
+        """Write the effects of ``batch`` (in store order) to the read model."""
+
+
+@runtime_checkable
+class BulkLoadable(Projection, Protocol):
+    """A projection with a faster way to be rebuilt than applying its history batch by batch.
+
+    ``create(bulk=True)`` makes staging tables (UNLOGGED, no secondary indexes), ``stage``
+    fills them by COPY, and ``seal`` builds from them, once, exactly the tables and rows that
+    ``create`` and ``apply`` would have made. A rebuild of any other projection applies pages.
+    """
+
+    def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None: ...
 
     def stage(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
         """Bulk-load ``batch`` (in store order) into the staging tables."""
 
     def seal(self, cur: Cursor[Any]) -> None:
         """Build the live tables (logged, indexed) from the staging tables, once."""
-
-    def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
-        """Write the effects of ``batch`` (in store order) to the read model."""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from projections.base import Envelope
 
 SCHEMA = """
-CREATE {unlogged} TABLE IF NOT EXISTS command_outcomes (
+CREATE {unlogged} TABLE IF NOT EXISTS {table} (
     command_id   uuid PRIMARY KEY,
     context      text NOT NULL,
     command_type text NOT NULL,
@@ -52,7 +52,8 @@ TYPES = (
 
 
 class CommandOutcomesProjection:
-    """One instance per context, because positions are per context."""
+    """The knowledge context's outcomes; every context has its own table (positions are per
+    context), and the query side reads them together (``OUTCOME_TABLES``)."""
 
     name: ClassVar[str] = "knowledge.command_outcomes"
     context: ClassVar[str] = "knowledge"
@@ -61,7 +62,7 @@ class CommandOutcomesProjection:
     topics: ClassVar[frozenset[str]] = frozenset({CommandSucceeded.TYPE, CommandRejected.TYPE})
 
     def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None:
-        cur.execute(SCHEMA.format(unlogged="UNLOGGED" if bulk else ""))
+        cur.execute(SCHEMA.format(unlogged="UNLOGGED" if bulk else "", table=self.tables[0]))
 
     def create_indexes(self, cur: Cursor[Any]) -> None:
         return None
@@ -70,7 +71,7 @@ class CommandOutcomesProjection:
         self.apply(cur, batch)
 
     def seal(self, cur: Cursor[Any]) -> None:
-        cur.execute("ALTER TABLE command_outcomes SET LOGGED")
+        cur.execute(f"ALTER TABLE {self.tables[0]} SET LOGGED")
 
     def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
         rows = []
@@ -109,13 +110,25 @@ class CommandOutcomesProjection:
             # runner applies each event once, so a conflict here is a bug that must stop the
             # projection rather than be skipped.
             with cur.copy(
-                "COPY command_outcomes (command_id, context, command_type, status, code, reason,"
+                f"COPY {self.tables[0]} (command_id, context, command_type, status, code, reason,"
                 " detail, aggregate_id, correlation_id, actor, position, recorded_at)"
                 " FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(TYPES)
                 for row in rows:
                     copy.write_row(row)
+
+
+class IdentityCommandOutcomesProjection(CommandOutcomesProjection):
+    name: ClassVar[str] = "identity.command_outcomes"
+    context: ClassVar[str] = "identity"
+    tables: ClassVar[tuple[str, ...]] = ("identity_command_outcomes",)
+
+
+OUTCOME_TABLES: tuple[str, ...] = (
+    CommandOutcomesProjection.tables[0],
+    IdentityCommandOutcomesProjection.tables[0],
+)
 
 
 def _uuid_or_none(value: Any) -> uuid.UUID | None:

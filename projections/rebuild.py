@@ -3,8 +3,9 @@
 1. The new version is built in a schema of its own (``rebuild_<name>``) from the event store, in
    large batches, while the live tables keep serving and the live runner keeps them current. Its
    progress is tracked in the same transactions as its rows, so an interrupted rebuild resumes.
-   It bulk-loads: each page goes to the projection's UNLOGGED staging tables (``stage``, by
-   COPY) while the next page is read, and once caught up one ``seal`` builds the live form
+   The next page is read while the current one is written. A ``BulkLoadable`` projection
+   bulk-loads: each page goes to its UNLOGGED staging tables (``stage``, by COPY), and once
+   caught up one ``seal`` builds the live form
    (logged tables, derived columns and indexes built once, over the final rows). PostgreSQL
    empties UNLOGGED tables after a crash: an unlogged marker row tells a resumed rebuild
    whether its staged rows survived, and it starts over when they did not.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import Tracking
 from psycopg.sql import SQL, Identifier
 
+from projections.base import BulkLoadable
 from projections.control import read_state, write_state
 from projections.pages import Page, PageReader
 from projections.runner import POSITIONS_CHANNEL, to_envelopes
@@ -107,6 +109,9 @@ class Rebuilder:
         self.shadow = f"rebuild_{_slug(projection.name)}"
         self._shadow_tracking = f"{projection.name}@rebuild"
         self.reader = PageReader(projection, recorder, batch_size)
+        self.bulk: BulkLoadable | None = (
+            projection if isinstance(projection, BulkLoadable) else None
+        )
 
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
@@ -121,7 +126,7 @@ class Rebuilder:
         """Build the shadow tables and swap them in; None when stopped early (resumable)."""
         started = time.perf_counter()
         position = self._prepare(from_position)
-        bulk = self._staging()
+        staging = self._staging()
         events = 0
         with _collector_paused(), ThreadPoolExecutor(1, thread_name_prefix="rebuild-") as reader:
             # The next page is read and decoded while this one is written.
@@ -137,16 +142,18 @@ class Rebuilder:
                 if page.count == 0:
                     break
                 pending = reader.submit(self.reader.read, page.last)
-                self._write(page, bulk=bulk)
+                self._write(page, staging=staging)
                 position = page.last
                 events += page.count
                 if progress:
                     progress(page.count)
-        if bulk:
-            with self.datastore.transaction(commit=True) as cur:
-                _use(cur, self.shadow)
-                cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
-                self.projection.seal(cur)  # once, over the staged rows
+        with self.datastore.transaction(commit=True) as cur:
+            _use(cur, self.shadow)
+            cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            if self.bulk is None:
+                self.projection.create_indexes(cur)  # once, over the loaded rows
+            elif staging:
+                self.bulk.seal(cur)  # once, over the staged rows
                 cur.execute(
                     SQL("DROP TABLE {}.{}").format(Identifier(self.shadow), Identifier(MARKER))
                 )
@@ -172,11 +179,16 @@ class Rebuilder:
             cur.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(self.shadow)))
             cur.execute(SQL("CREATE SCHEMA {}").format(Identifier(self.shadow)))
             _use(cur, self.shadow)
-            self.projection.create(cur, indexes=False, bulk=True)
-            cur.execute(
-                SQL("CREATE UNLOGGED TABLE {} (created_at timestamptz)").format(Identifier(MARKER))
-            )
-            cur.execute(SQL("INSERT INTO {} VALUES (now())").format(Identifier(MARKER)))
+            if self.bulk is None:
+                self.projection.create(cur, indexes=False)
+            else:
+                self.bulk.create(cur, indexes=False, bulk=True)
+                cur.execute(
+                    SQL("CREATE UNLOGGED TABLE {} (created_at timestamptz)").format(
+                        Identifier(MARKER)
+                    )
+                )
+                cur.execute(SQL("INSERT INTO {} VALUES (now())").format(Identifier(MARKER)))
             cur.execute(
                 SQL("DELETE FROM {}.{} WHERE application_name = %s").format(
                     Identifier(self.datastore.schema),
@@ -214,11 +226,11 @@ class Rebuilder:
             log.warning("%s: the server lost the unlogged staging tables; starting over", self.name)
         return marked is not None
 
-    def _write(self, page: Page, cur: Cursor[Any] | None = None, *, bulk: bool = False) -> None:
+    def _write(self, page: Page, cur: Cursor[Any] | None = None, *, staging: bool = False) -> None:
         def write(c: Cursor[Any]) -> None:
             _use(c, self.shadow)
-            if page.batch and bulk:
-                self.projection.stage(c, page.batch)
+            if page.batch and staging and self.bulk is not None:
+                self.bulk.stage(c, page.batch)
             elif page.batch:
                 self.projection.apply(c, page.batch)
             self.tracking._insert_tracking(c, Tracking(self._shadow_tracking, page.last))

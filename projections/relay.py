@@ -80,16 +80,10 @@ class EventRelay:
     def __init__(self, producer: BlockingProducer) -> None:
         self.producer = producer
 
-    def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None:
+    def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
         return None
 
     def create_indexes(self, cur: Cursor[Any]) -> None:
-        return None
-
-    def stage(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
-        self.apply(cur, batch)
-
-    def seal(self, cur: Cursor[Any]) -> None:
         return None
 
     def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:

@@ -186,6 +186,23 @@ RATELIMIT_DECISIONS = Counter(
     ["policy", "decision"],
     registry=REGISTRY,
 )
+AUTH_DECISIONS = Counter(
+    "uait_auth_decisions_total",
+    "Authentication decisions by method (bearer, api_key, none) and result (ok, refused, revoked).",
+    ["method", "result"],
+    registry=REGISTRY,
+)
+LOGIN_THROTTLED = Counter(
+    "uait_login_throttled_total",
+    "Login attempts refused by throttling, by rule (account_ip, account).",
+    ["rule"],
+    registry=REGISTRY,
+)
+AUDIT_PUBLISH_FAILURES = Counter(
+    "uait_audit_publish_failures_total",
+    "Audit entries of auth flows that could not be published to Kafka.",
+    registry=REGISTRY,
+)
 RATELIMIT_CHECK_DURATION = Histogram(
     "uait_ratelimit_check_duration_seconds",
     "Time of one rate-limit check (one Lua call to Redis covering every stacked limit).",

@@ -19,6 +19,9 @@ from infra.stack import EmbeddedStack, Endpoints, create_database, drop_database
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+# Real processes (worker, projections, ingress) for tests/e2e and tests/security.
+pytest_plugins = ["tests.e2e.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:

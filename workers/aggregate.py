@@ -21,8 +21,9 @@ class DomainRuleError(Exception):
 class Aggregate:
     """A consistency boundary with an event stream; ``version`` is its last stored position."""
 
-    SNAPSHOT_VERSION: ClassVar[int] = 1
-    """The shape of ``state()``: bump it when that changes, and older snapshots are ignored."""
+    SNAPSHOT_VERSION: ClassVar[int | None] = None
+    """The shape of ``state()``, for a type that can be snapshotted (None: it cannot). Bump it
+    when that shape changes, and older snapshots are ignored."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -34,7 +35,11 @@ class Aggregate:
         self.pending: list[tuple[int, Event]] = []
 
     def state(self) -> dict[str, Any]:
-        """What a snapshot keeps: every attribute that applying events sets (JSON values)."""
+        """What a snapshot keeps: every attribute that applying events sets.
+
+        The default suits attributes with JSON values (str, int, bool, lists, dicts); a type
+        with others (sets, datetimes) overrides this and ``from_snapshot``.
+        """
         return {k: v for k, v in vars(self).items() if k not in ("id", "version", "pending")}
 
     @classmethod

@@ -15,6 +15,7 @@ import events  # noqa: F401  (registers every message type)
 from workers.batch import BatchProcessor
 from workers.command_log import mark_started
 from workers.eventstore import EventStore, open_factory
+from workers.identity.handlers import IdentityDecider
 from workers.knowledge.handlers import KnowledgeDecider
 from workers.subscriber import command_router
 
@@ -33,6 +34,7 @@ def deciders(settings: Settings) -> dict[str, Decider]:
             chunk_size=settings.chunk_size,
             chunk_overlap=settings.chunk_overlap,
         ),
+        "identity": IdentityDecider(),
     }
 
 

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 class UnknownAggregateTypeError(LookupError):
-    """Raised when the snapshot setting names an aggregate type that does not exist."""
+    """Raised when the snapshot setting names an aggregate type that does not exist or that
+    has no snapshot form."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,12 @@ def check_intervals(every: Mapping[str, int]) -> dict[str, int]:
             f"UAIT_SNAPSHOT_EVERY names unknown aggregate type(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known))}"
         )
+    unable = sorted(name for name in every if known[name].SNAPSHOT_VERSION is None)
+    if unable:
+        raise UnknownAggregateTypeError(
+            f"UAIT_SNAPSHOT_EVERY names aggregate type(s) without a snapshot form: "
+            f"{', '.join(unable)} (they set no SNAPSHOT_VERSION)"
+        )
     bad = {name: n for name, n in every.items() if n < 1}
     if bad:
         raise ValueError(f"UAIT_SNAPSHOT_EVERY intervals must be at least 1, got {bad}")
@@ -100,7 +107,7 @@ def encode(aggregate: Aggregate) -> StoredEvent:
 def decode(topic: str, version: int, state: bytes) -> Snapshot | None:
     """The snapshot, or None when this code cannot use it (see the module docstring)."""
     cls = aggregate_types().get(topic)
-    if cls is None:
+    if cls is None or cls.SNAPSHOT_VERSION is None:
         return None
     raw = orjson.loads(state)
     if raw.get("v") != cls.SNAPSHOT_VERSION:

@@ -8,11 +8,17 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Depends, Path, Query
 
+from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, ProblemError, problem_responses
 from telemetry.metrics import SERIES_NAMES
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(*V1_PROBLEMS))
+router = APIRouter(
+    dependencies=[Depends(require("admin"))],
+    prefix="/v1/admin",
+    tags=["admin"],
+    responses=problem_responses(*V1_PROBLEMS),
+)
 
 MAX_POINTS = 11_000  # Prometheus refuses more points per series
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from workers.breaker import NAME_PATTERN, BreakerRegistry, BreakerStatus
@@ -19,6 +20,7 @@ from workers.breaker import NAME_PATTERN, BreakerRegistry, BreakerStatus
 log = logging.getLogger("uait.ingress.breakers")
 
 router = APIRouter(
+    dependencies=[Depends(require("admin"))],
     prefix="/v1/admin/breakers",
     tags=["admin"],
     responses=problem_responses(*V1_PROBLEMS),

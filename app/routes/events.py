@@ -18,9 +18,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Identifier
+from starlette.requests import HTTPConnection
 
+from app.auth.principal import forbidden
 from app.deps import Deps, deps
-from app.problems import ProblemError
+from app.problems import ProblemError, problem_responses
 from events.base import public_event_types
 from events.stored import decode
 from events.topics import CONTEXTS
@@ -88,8 +90,22 @@ async def _start(
     return after
 
 
-@router.get("")
+# Who may read each context's stream: per context, not one switch for all.
+CONTEXT_PERMISSION = {"knowledge": "knowledge:read", "identity": "audit:read"}
+
+
+async def authorise(conn: HTTPConnection, context: str) -> None:
+    """Authenticate the caller and check it may read ``context`` (401/403/404 otherwise)."""
+    principal = await conn.app.state.auth.authenticator.authenticate(conn)
+    _types(context, None)
+    permission = CONTEXT_PERMISSION.get(context, "admin")
+    if permission not in principal.permissions:
+        raise forbidden(permission)
+
+
+@router.get("", responses=problem_responses(401, 403))
 async def list_events(
+    request: Request,
     d: Annotated[Deps, Depends(deps)],
     context: str = "knowledge",
     from_position: Annotated[int | None, Query(ge=1)] = None,
@@ -98,6 +114,7 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """A page of public events in store order; ``next_position`` continues it."""
+    await authorise(request, context)
     types = _types(context, event_type)
     after = await _start(d, context, from_position, from_time)
     items = await _page(d, context, after, types, limit)
@@ -105,7 +122,7 @@ async def list_events(
     return jsonable_encoder({"items": items, "next_position": next_position})
 
 
-@router.get("/stream")
+@router.get("/stream", responses=problem_responses(401, 403))
 async def stream_events(
     request: Request,
     d: Annotated[Deps, Depends(deps)],
@@ -115,6 +132,7 @@ async def stream_events(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: every public event from a position on, then live as they commit."""
+    await authorise(request, context)
     types = _types(context, event_type)
     after = await _start(d, context, from_position, None)
     if last_event_id:
@@ -161,10 +179,12 @@ async def events_socket(
 ) -> None:
     """The same stream over a WebSocket: one JSON text message per event.
 
-    Resume with ``last_event_id=<context>:<position>`` (or ``from_position``).
+    Resume with ``last_event_id=<context>:<position>`` (or ``from_position``). Authenticate
+    with the ``Authorization`` or ``X-API-Key`` header of the upgrade request.
     """
     d: Deps = websocket.app.state.deps
     try:
+        await authorise(websocket, context)
         types = _types(context, event_type)
         after = await _start(d, context, from_position, None)
         if last_event_id:

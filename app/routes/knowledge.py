@@ -9,6 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth.principal import Principal, require
 from app.commanding import submit
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
@@ -21,7 +22,8 @@ router = APIRouter(
     prefix="/v1/knowledge", tags=["knowledge"], responses=problem_responses(*V1_PROBLEMS)
 )
 
-ANONYMOUS = "anonymous"
+Reader = Annotated[Principal, Depends(require("knowledge:read"))]
+Writer = Annotated[Principal, Depends(require("knowledge:write"))]
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
 # With `Prefer: wait=N`: the command's outcome, or its rejection (404, 409, 413, 422).
 WRITE_RESPONSES = problem_responses(*V1_WRITE_PROBLEMS, 404)
@@ -90,7 +92,7 @@ async def read_model_at(d: Deps, after: int | None) -> None:
     },
 )
 async def ingest_document(
-    body: IngestDocumentBody, request: Request, d: Annotated[Deps, Depends(deps)]
+    body: IngestDocumentBody, request: Request, d: Annotated[Deps, Depends(deps)], who: Writer
 ) -> JSONResponse:
     """Publish `IngestDocument`. `Prefer: wait=N` waits up to N s for the outcome (201)."""
     text_bytes = len(body.text.encode("utf-8"))
@@ -113,7 +115,7 @@ async def ingest_document(
         request,
         d,
         command,
-        actor=ANONYMOUS,
+        actor=who.actor,
         success_status=201,
         extra={"document_id": document_id},
     )
@@ -129,14 +131,14 @@ async def ingest_document(
     },
 )
 async def delete_document(
-    document_id: DocumentId, request: Request, d: Annotated[Deps, Depends(deps)]
+    document_id: DocumentId, request: Request, d: Annotated[Deps, Depends(deps)], who: Writer
 ) -> JSONResponse:
     """Publish `DeleteDocument`: it leaves the read models; its history stays in the store."""
     return await submit(
         request,
         d,
         DeleteDocument(document_id=document_id),
-        actor=ANONYMOUS,
+        actor=who.actor,
         success_status=200,
         extra={"document_id": document_id},
     )
@@ -146,6 +148,7 @@ async def delete_document(
 async def get_document(
     document_id: DocumentId,
     d: Annotated[Deps, Depends(deps)],
+    who: Reader,
     after: Annotated[int | None, Query(ge=0, description="wait for this position")] = None,
     include_chunks: bool = False,
 ) -> Any:
@@ -159,6 +162,7 @@ async def get_document(
 @router.get("/documents", responses=problem_responses(400))
 async def list_documents(
     d: Annotated[Deps, Depends(deps)],
+    who: Reader,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after: Annotated[int | None, Query(ge=0)] = None,
@@ -174,6 +178,7 @@ async def list_documents(
 @router.get("/search")
 async def search(
     d: Annotated[Deps, Depends(deps)],
+    who: Reader,
     q: Annotated[str, Query(min_length=1, max_length=1000, pattern=NO_CONTROL_CHARACTERS)],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     after: Annotated[int | None, Query(ge=0)] = None,

@@ -7,13 +7,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path
 from redis.exceptions import RedisError
 
+from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from events.topics import CONTEXTS
 from workers.control import paused_contexts, set_paused
 
 router = APIRouter(
-    prefix="/v1/admin/workers", tags=["admin"], responses=problem_responses(*V1_PROBLEMS)
+    dependencies=[Depends(require("admin"))],
+    prefix="/v1/admin/workers",
+    tags=["admin"],
+    responses=problem_responses(*V1_PROBLEMS),
 )
 
 

@@ -15,6 +15,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.fixtures import bootstrap_admin
+
 pytestmark = pytest.mark.e2e
 
 
@@ -55,17 +57,29 @@ def test_uait_dev_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
         children = psutil.Process(dev.pid).children(recursive=True)
         assert len(children) >= 6, children  # 3 services + worker, projections, ingress
 
+        # The first admin, as the printed hint says: with the running stack's dev.env.
+        dev_env = dict(
+            line.split("=", 1) for line in (tmp_path / "data" / "dev.env").read_text().splitlines()
+        )
+        assert {"UAIT_DATABASE_URL", "UAIT_KAFKA_BOOTSTRAP", "UAIT_KEY_ENCRYPTION_KEYS"} <= set(
+            dev_env
+        )
+        admin = bootstrap_admin(base, {**env, **dev_env})
+
         doc = f"dev-{uuid.uuid4().hex[:8]}"
         answer = httpx.post(
             f"{base}/v1/knowledge/documents",
             json={"document_id": doc, "title": "Dev", "text": "started by one command"},
-            headers={"Prefer": "wait=30"},
+            headers={"Prefer": "wait=30", **admin.headers},
             timeout=40,
         )
         assert answer.status_code == 201, answer.text
         position = answer.json()["position"]
         found = httpx.get(
-            f"{base}/v1/knowledge/search", params={"q": "command", "after": position}, timeout=40
+            f"{base}/v1/knowledge/search",
+            params={"q": "command", "after": position},
+            headers=admin.headers,
+            timeout=40,
         )
         assert doc in [r["document_id"] for r in found.json()["results"]]
 

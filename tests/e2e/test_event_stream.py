@@ -44,10 +44,12 @@ def sse(lines: Iterator[str], count: int) -> list[dict[str, Any]]:
     return events
 
 
-def test_the_stream_resumes_after_a_disconnect_with_no_gap_and_no_repeat(base_url: str, api):
+def test_the_stream_resumes_after_a_disconnect_with_no_gap_and_no_repeat(
+    base_url: str, api, auth_headers
+):
     prefix = f"sse-{uuid.uuid4().hex[:6]}"
     start = ingest(api, f"{prefix}-0", "first")
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=30, headers=auth_headers) as client:
         # A public event of ours and nothing internal: outcomes are not served.
         params = {"from_position": start - 1, "type": "DocumentIngested"}
         with client.stream("GET", "/v1/events/stream", params=params) as response:
@@ -101,17 +103,22 @@ def test_the_event_history_pages_in_store_order_and_refuses_private_types(api):
     assert bad.status_code == 400
 
 
-def test_the_websocket_stream_resumes_from_the_last_event_id(base_url: str, api):
+def test_the_websocket_stream_resumes_from_the_last_event_id(base_url: str, api, auth_headers):
     from websockets.sync.client import connect
 
     prefix = f"ws-{uuid.uuid4().hex[:6]}"
     start = ingest(api, f"{prefix}-0", "zero")
     url = base_url.replace("http://", "ws://") + "/v1/events/ws"
-    with connect(f"{url}?from_position={start - 1}&type=DocumentIngested") as ws:
+    with connect(
+        f"{url}?from_position={start - 1}&type=DocumentIngested", additional_headers=auth_headers
+    ) as ws:
         first = orjson.loads(ws.recv(timeout=10))
     assert first["data"]["document_id"] == f"{prefix}-0"
     ingest(api, f"{prefix}-1", "one")
-    with connect(f"{url}?type=DocumentIngested&last_event_id={first['event_id']}") as ws:
+    with connect(
+        f"{url}?type=DocumentIngested&last_event_id={first['event_id']}",
+        additional_headers=auth_headers,
+    ) as ws:
         resumed = orjson.loads(ws.recv(timeout=10))
         ingest(api, f"{prefix}-2", "two")
         live = orjson.loads(ws.recv(timeout=10))

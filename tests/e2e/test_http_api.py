@@ -18,7 +18,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.e2e.conftest import IngressStarter
+    from tests.e2e.fixtures import IngressStarter
 
 pytestmark = pytest.mark.e2e
 
@@ -90,10 +90,10 @@ def wait_for_status(
 
 
 @pytest.fixture
-def own_client(base_url: str) -> Iterator[httpx.Client]:
+def own_client(base_url: str, auth_headers: dict[str, str]) -> Iterator[httpx.Client]:
     """A client of its own, for requests that may end in a 500 (uvicorn then drops the
     connection, which must not break the next test's request on the shared client)."""
-    with httpx.Client(base_url=base_url, timeout=60.0) as client:
+    with httpx.Client(base_url=base_url, timeout=60.0, headers=auth_headers) as client:
         yield client
 
 
@@ -423,11 +423,11 @@ def unreachable_broker(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def test_with_the_broker_unreachable_a_command_is_a_503_problem_within_10_seconds(
-    start_ingress: IngressStarter, unreachable_broker: str
+    start_ingress: IngressStarter, unreachable_broker: str, auth_headers: dict[str, str]
 ) -> None:
     # The ingress starts without a broker: it serves queries and refuses commands.
     ingress = start_ingress(UAIT_KAFKA_BOOTSTRAP=unreachable_broker, UAIT_PUBLISH_TIMEOUT_S="2")
-    with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
+    with httpx.Client(base_url=ingress.base_url, timeout=30, headers=auth_headers) as client:
         started = time.monotonic()
         response = client.post(DOCUMENTS, json={"title": "t", "text": "x"}, headers=WAIT)
         elapsed = time.monotonic() - started
@@ -440,11 +440,11 @@ def test_with_the_broker_unreachable_a_command_is_a_503_problem_within_10_second
 
 
 def test_reading_at_a_position_past_the_store_head_is_refused_at_once(
-    start_ingress: IngressStarter,
+    start_ingress: IngressStarter, auth_headers: dict[str, str]
 ) -> None:
     ingress = start_ingress(UAIT_MAX_WAIT_S="5")
     far = 10**12
-    with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
+    with httpx.Client(base_url=ingress.base_url, timeout=30, headers=auth_headers) as client:
         reads: list[tuple[str, dict[str, Any]]] = [
             (SEARCH, {"q": "anything", "after": far}),
             (f"{DOCUMENTS}/{new_id()}", {"after": far}),
@@ -475,7 +475,7 @@ def test_reading_at_a_position_the_read_model_has_not_reached_is_a_503_after_the
         assert answer.status_code == 201  # the outcome projection still runs
         position = answer.json()["position"]
         ingress = start_ingress(UAIT_MAX_WAIT_S="1")
-        with httpx.Client(base_url=ingress.base_url, timeout=30) as client:
+        with httpx.Client(base_url=ingress.base_url, timeout=30, headers=api.headers) as client:
             started = time.monotonic()
             response = client.get(DOCUMENTS, params={"after": position})
             elapsed = time.monotonic() - started

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Services
+    from tests.e2e.fixtures import Services
 
 pytestmark = pytest.mark.e2e
 

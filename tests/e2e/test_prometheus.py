@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port
+from tests.e2e.fixtures import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.e2e.conftest import IngressStarter, Services
+    from tests.e2e.fixtures import IngressStarter, Services
 
 pytestmark = pytest.mark.e2e
 
@@ -118,10 +118,10 @@ def test_prometheus_scrapes_requests_consumption_and_lag(prometheus: str, api) -
 
 
 def test_the_metric_history_api_answers_from_prometheus(
-    prometheus: str, start_ingress: IngressStarter
+    prometheus: str, start_ingress: IngressStarter, auth_headers: dict[str, str]
 ) -> None:
     ingress = start_ingress(UAIT_PROMETHEUS_URL=prometheus)
-    with httpx.Client(base_url=ingress.base_url, timeout=10) as client:
+    with httpx.Client(base_url=ingress.base_url, timeout=10, headers=auth_headers) as client:
         eventually(prometheus, "uait_http_requests_total")
         answer = client.get("/v1/admin/metrics/uait_http_requests_total", params={"step": 1})
         assert answer.status_code == 200, answer.text

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.e2e.conftest import IngressStarter
+    from tests.e2e.fixtures import IngressStarter
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +30,15 @@ DOCUMENTS = "/v1/knowledge/documents"
 COMMANDS = "/v1/commands"
 PROBLEM_JSON = "application/problem+json"
 BEHIND_PROXY = {"UAIT_TRUSTED_PROXIES": "127.0.0.1/32", "UAIT_RATE_LIMIT_EXEMPT": ""}
+
+
+AUTH: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _authenticated(auth_headers: dict[str, str]) -> None:
+    """Every request of these tests carries the suite's API key (limits apply before auth)."""
+    AUTH.update(auth_headers)
 
 
 def new_client_ip() -> str:
@@ -67,7 +76,7 @@ async def test_two_ingresses_sharing_redis_let_exactly_the_limit_through_of_200_
         "UAIT_RATE_LIMIT_POLICIES": policies(default={"limit": 25, "period_s": 3600}),
     }
     first, second = start_ingress(**env), start_ingress(**env)
-    headers = {"X-Forwarded-For": new_client_ip()}
+    headers = {"X-Forwarded-For": new_client_ip(), **AUTH}
     async with (
         httpx.AsyncClient(base_url=first.base_url, timeout=30, headers=headers) as a,
         httpx.AsyncClient(base_url=second.base_url, timeout=30, headers=headers) as b,
@@ -123,7 +132,7 @@ def test_a_write_refused_by_the_knowledge_limit_leaves_the_read_budget_alone(
     }
     ingress = start_ingress(**env)
     with httpx.Client(
-        base_url=ingress.base_url, timeout=30, headers={"X-Forwarded-For": new_client_ip()}
+        base_url=ingress.base_url, timeout=30, headers={"X-Forwarded-For": new_client_ip(), **AUTH}
     ) as client:
         writes = [
             client.post(DOCUMENTS, json={"title": "Limited", "text": f"Write {i}."})
@@ -163,7 +172,7 @@ def test_with_redis_gone_reads_fail_open_and_closed_policies_refuse_with_503(
         UAIT_RATE_LIMIT_POLICIES=policies(knowledge={"fail_open": False}),
     )
     with httpx.Client(
-        base_url=ingress.base_url, timeout=30, headers={"X-Forwarded-For": new_client_ip()}
+        base_url=ingress.base_url, timeout=30, headers={"X-Forwarded-For": new_client_ip(), **AUTH}
     ) as client:
         before = client.get(COMMANDS, params={"limit": 1})
         assert before.status_code == 200
@@ -199,7 +208,7 @@ def test_an_idempotent_replay_returns_the_first_answer_and_publishes_once(
     doc = {"document_id": f"idem-{uuid.uuid4().hex[:8]}", "title": "Once", "text": "Only once."}
     key = f"key-{uuid.uuid4()}"
     with httpx.Client(
-        base_url=ingress.base_url, timeout=30, headers={"X-Forwarded-For": new_client_ip()}
+        base_url=ingress.base_url, timeout=30, headers={"X-Forwarded-For": new_client_ip(), **AUTH}
     ) as client:
         sent_before = metric(ingress.base_url, published, outcome="ok")
         answers = [
@@ -227,7 +236,7 @@ def test_an_idempotent_replay_returns_the_first_answer_and_publishes_once(
         elsewhere = client.post(
             DOCUMENTS,
             json=doc,
-            headers={"Idempotency-Key": key, "X-Forwarded-For": new_client_ip()},
+            headers={"Idempotency-Key": key, "X-Forwarded-For": new_client_ip(), **AUTH},
         )
         assert elsewhere.status_code == 202
         assert elsewhere.json()["command_id"] != command_id
@@ -252,7 +261,11 @@ def test_a_duplicate_in_flight_is_409_and_a_failed_publish_frees_the_key(
             UAIT_KAFKA_BOOTSTRAP=f"127.0.0.1:{silent.getsockname()[1]}",
             UAIT_PUBLISH_TIMEOUT_S="3",
         )
-        headers = {"X-Forwarded-For": new_client_ip(), "Idempotency-Key": f"k-{uuid.uuid4()}"}
+        headers = {
+            "X-Forwarded-For": new_client_ip(),
+            "Idempotency-Key": f"k-{uuid.uuid4()}",
+            **AUTH,
+        }
         doc = {"title": "Stuck", "text": "The broker never answers."}
 
         async def race() -> tuple[httpx.Response, httpx.Response]:

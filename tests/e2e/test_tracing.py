@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from infra.runtime import prepare
+from infra.secrets import generate as generate_secrets
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database
-from tests.e2e.conftest import CLI, spawn, start_ingress_process
+from tests.e2e.fixtures import CLI, bootstrap_admin, spawn, start_ingress_process
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,7 +51,9 @@ def test_one_request_is_one_trace_across_every_process(
                 "PATH": "/usr/bin:/bin",
                 "UAIT_KAFKA_BOOTSTRAP": ep.kafka_bootstrap,
                 "UAIT_DATABASE_URL": database_url,
+                "UAIT_REDIS_URL": endpoints.redis_url,
                 "UAIT_WORKER_SESSION_TIMEOUT_MS": "3000",
+                **generate_secrets(),
             }
             processes.append(
                 spawn(
@@ -72,11 +75,12 @@ def test_one_request_is_one_trace_across_every_process(
                 "ingress", {**env, "UAIT_TRACES_FILE": str(files["ingress"])}, tmp_path
             )
             processes.append(ingress)
+            admin = bootstrap_admin(ingress.base_url, env)
             doc = f"traced-{uuid.uuid4().hex[:8]}"
             answer = httpx.post(
                 f"{ingress.base_url}/v1/knowledge/documents",
                 json={"document_id": doc, "title": "Traced", "text": "follow me"},
-                headers={"Prefer": "wait=30"},
+                headers={"Prefer": "wait=30", **admin.headers},
                 timeout=40,
             )
             assert answer.status_code == 201, answer.text

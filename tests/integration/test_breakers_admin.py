@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from app import problems
+from app.auth.principal import Principal
 from app.redis_client import create_redis
 from app.routes import breakers as breaker_routes
+from events.identity.roles import PERMISSIONS
 from infra.cli import app as cli
 from infra.settings import Settings
 from workers.breaker import Breaker, BreakerConfig, BreakerOpenError, BreakerState
@@ -120,6 +122,14 @@ def _admin_app(redis_url: str) -> FastAPI:
     app.include_router(breaker_routes.router)
     settings = Settings(redis_url=redis_url)
     app.state.deps = SimpleNamespace(settings=settings, redis=create_redis(settings))
+    # Authentication is tested in tests/security; here every caller is an admin.
+    admin = Principal(user_id=str(uuid.uuid4()), kind="user", permissions=PERMISSIONS)
+
+    class Admins:
+        async def authenticate(self, request: object) -> Principal:
+            return admin
+
+    app.state.auth = SimpleNamespace(authenticator=Admins())
     return app
 
 

@@ -68,9 +68,14 @@ def write_history(store: EventStore, commands: int, seed: int) -> None:
         del records[:size]
 
 
+def knowledge_projections() -> list[Any]:
+    """The projections of the store these tests write to (the knowledge context)."""
+    return [p for p in all_projections() if p.context == "knowledge"]
+
+
 def runners(store: EventStore, batch_size: int) -> list[ProjectionRunner]:
     out = []
-    for projection in all_projections():
+    for projection in knowledge_projections():
         runner = ProjectionRunner(
             projection, store.recorder, store.factory.tracking_recorder(), batch_size=batch_size
         )
@@ -90,7 +95,7 @@ def test_small_incremental_batches_give_the_same_rows_as_one_rebuild(store, data
     for runner in runners(store, batch_size=7):
         runner.catch_up()
         assert runner.position() == store.head()
-    for projection in all_projections():
+    for projection in knowledge_projections():
         schema = f"rebuild_{uuid.uuid4().hex[:6]}"
         rebuild_into(projection, store.recorder, schema, batch_size=100_000)
         for table in projection.tables:

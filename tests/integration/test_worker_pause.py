@@ -34,7 +34,10 @@ async def test_a_paused_context_holds_its_commands_until_resumed(endpoints: Endp
         )
         await asyncio.to_thread(prepare, settings)
         worker = build_worker(
-            settings, kafka_bootstrap=ep.kafka_bootstrap, es_env=eventsourcing_env(ep.database_url)
+            settings,
+            kafka_bootstrap=ep.kafka_bootstrap,
+            es_env=eventsourcing_env(ep.database_url),
+            contexts=["knowledge"],
         )
         redis = Redis.from_url(ep.redis_url)
         await worker.broker.start()
@@ -64,7 +67,7 @@ async def test_a_paused_context_holds_its_commands_until_resumed(endpoints: Endp
                 members_before = subscriber.consumer._coordinator.member_id
 
                 paused = await asyncio.to_thread(
-                    CliRunner().invoke, cli, ["workers", "pause"], env=env
+                    CliRunner().invoke, cli, ["workers", "pause", "--context", "knowledge"], env=env
                 )
                 assert paused.exit_code == 0, paused.output
                 assert "paused: knowledge" in paused.output

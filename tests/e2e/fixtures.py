@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: worker, projections and ingress, as `uait dev` runs them.
+"""Real processes for end-to-end tests (a plugin of tests/conftest.py, for tests/security too):
+worker, projections and ingress, as `uait dev` runs them.
 
 Each process is ``python -m infra.cli ...`` against the session's ``endpoints``; its stdout and
 stderr go to a log file whose tail is printed when start-up fails and attached to the report of
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+from infra.secrets import generate as generate_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -158,13 +161,22 @@ def _fail_with_logs(message: str, services: list[ServiceProcess]) -> None:
     pytest.fail(f"{message}\n{logs}", pytrace=False)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Services:
     worker: ServiceProcess
     projections: ServiceProcess
     ingress: ServiceProcess
     env: dict[str, str]
     log_dir: Path
+    admin_email: str = ""
+    admin_password: str = ""
+    admin_id: str = ""
+    api_key: str = ""
+    """An admin's API key with every scope: what the suite's clients send by default."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
 
     @property
     def base_url(self) -> str:
@@ -186,6 +198,10 @@ def e2e_env(endpoints: Endpoints) -> dict[str, str]:
         "UAIT_WORKER_METRICS_PORT": str(free_port()),
         "UAIT_PROJECTIONS_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
+        **generate_secrets(),
+        # Cheap argon2 for the suite's many logins; `uait bench auth` measures the defaults.
+        "UAIT_ARGON2_MEMORY_KIB": "8192",
+        "UAIT_ARGON2_TIME_COST": "1",
     }
 
 
@@ -205,6 +221,7 @@ def services(
         projections = spawn("projections", [*CLI, "projections", "run"], e2e_env, log_dir)
         ingress = start_ingress_process("ingress", e2e_env, log_dir)
         ready = Services(worker, projections, ingress, e2e_env, log_dir)
+        _create_admin(ready)
         _warm_up(ready)
     except Exception as exc:
         failed = list(_running)
@@ -218,11 +235,69 @@ def services(
             service.stop()
 
 
+@dataclass(frozen=True)
+class Admin:
+    user_id: str
+    email: str
+    password: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+
+def bootstrap_admin(base_url: str, env: dict[str, str]) -> Admin:
+    """The first admin from the command line (as an operator does), then an admin API key."""
+    email = f"admin-{uuid.uuid4().hex[:8]}@example.test"
+    password = f"suite {uuid.uuid4().hex}"
+    result = subprocess.run(
+        [*CLI, "users", "create-admin", "--email", email, "--name", "Suite Admin",
+         "--password-stdin"],
+        input=password + "\n", capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+        timeout=START_TIMEOUT_S * 2, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"create-admin failed: {result.stdout} {result.stderr}")
+    user_id = result.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        while True:
+            login = client.post("/v1/auth/login", json={"email": email, "password": password})
+            if login.status_code == 200:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"admin login answered {login.status_code}: {login.text}")
+            time.sleep(0.2)
+        bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        created = client.post(
+            "/v1/api-keys",
+            json={"name": "suite", "scopes": ["admin"]},
+            headers={**bearer, "Prefer": "wait=30"},
+        )
+        if created.status_code not in (201, 202):
+            raise RuntimeError(f"api key answered {created.status_code}: {created.text}")
+        admin = Admin(user_id, email, password, created.json()["api_key"])
+        while client.get("/v1/me", headers=admin.headers).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the admin API key never became usable")
+            time.sleep(0.1)
+    return admin
+
+
+def _create_admin(services: Services) -> None:
+    admin = bootstrap_admin(services.base_url, services.env)
+    services.admin_id, services.admin_email = admin.user_id, admin.email
+    services.admin_password, services.api_key = admin.password, admin.api_key
+
+
 def _warm_up(services: Services) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     doc_id = f"warm-up-{uuid.uuid4().hex[:8]}"
     body = {"document_id": doc_id, "title": "Warm-up", "text": "The worker has joined its group."}
-    with httpx.Client(base_url=services.base_url, timeout=WARM_UP_WAIT_S + 10) as client:
+    with httpx.Client(
+        base_url=services.base_url, timeout=WARM_UP_WAIT_S + 10, headers=services.headers
+    ) as client:
         while True:
             for service in (services.worker, services.projections):
                 if service.exited() is not None:
@@ -248,8 +323,14 @@ def base_url(services: Services) -> str:
 @pytest.fixture(scope="session")
 def api(services: Services) -> Iterator[httpx.Client]:
     """An HTTP client of the session's ingress (relative URLs)."""
-    with httpx.Client(base_url=services.base_url, timeout=60.0) as client:
+    with httpx.Client(base_url=services.base_url, timeout=60.0, headers=services.headers) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def auth_headers(services: Services) -> dict[str, str]:
+    """The admin API key header, for clients a test builds itself."""
+    return services.headers
 
 
 class IngressStarter:
