@@ -303,7 +303,11 @@ class BatchProcessor:
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
         if stored:
             started = time.time_ns()
-            self.store.append(stored, streams.snapshots_due(self.store.snapshot_every))
+            due = streams.snapshots_due(self.store.snapshot_every)
+            if due:
+                self.store.append(stored, due)
+            else:
+                self.store.append(stored)
             ended = time.time_ns()
             for item in fresh:
                 report.appends[item.command_id] = (started, ended)
