@@ -708,6 +708,19 @@ def bench_rebuild(
     run_bench(events_count=count, sample=sample, batch_size=batch_size)
 
 
+@bench_app.command("lag")
+def bench_lag(
+    rate: Annotated[int, typer.Option(min=1, help="events appended per second")] = 500,
+    seconds: Annotated[float, typer.Option(min=1, help="length of the paced run")] = 30,
+    per_append: Annotated[int, typer.Option(min=1, help="events per append")] = 5,
+) -> None:
+    """p50/p99 time from an event's commit to its read-model row, at a paced rate."""
+    from bench.lag import main as run_bench
+
+    _logging("WARNING", fmt="text")
+    run_bench(rate=rate, seconds=seconds, per_append=per_append)
+
+
 def main() -> None:
     app()
 
