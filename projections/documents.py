@@ -50,10 +50,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 # Built after the bulk load of a rebuild: one GIN build is far cheaper than row-by-row inserts.
 INDEXES = "CREATE INDEX IF NOT EXISTS chunks_search_idx ON chunks USING gin (search);"
 
-# New rows arrive by COPY into a scratch table, then one set-based upsert: created_at survives
-# new versions of a live document.
-UPSERT = """
-INSERT INTO documents SELECT * FROM documents_in
+COLUMNS = (
+    "document_id, aggregate_id, version, title, source, tags, text, size_bytes, content_sha256,"
+    " chunk_count, created_at, updated_at, position"
+)
+# created_at survives new versions of a live document.
+ON_CONFLICT = """
 ON CONFLICT (document_id) DO UPDATE SET
     aggregate_id = EXCLUDED.aggregate_id, version = EXCLUDED.version,
     title = EXCLUDED.title, source = EXCLUDED.source, tags = EXCLUDED.tags,
@@ -61,6 +63,13 @@ ON CONFLICT (document_id) DO UPDATE SET
     content_sha256 = EXCLUDED.content_sha256, chunk_count = EXCLUDED.chunk_count,
     updated_at = EXCLUDED.updated_at, position = EXCLUDED.position
 """
+UPSERT_ROW = f"INSERT INTO documents ({COLUMNS}) VALUES ({', '.join(['%s'] * 13)}) {ON_CONFLICT}"
+UPSERT_COPIED = (
+    f"INSERT INTO documents ({COLUMNS}) SELECT {COLUMNS} FROM documents_in {ON_CONFLICT}"
+)
+# Past this many rows, COPY into a scratch table and one set-based upsert beat a statement per
+# row; below it the scratch table's per-transaction cost (it is emptied at every commit) does not.
+COPY_FROM = 64
 
 
 # Binary COPY with declared types: a third of the cost of text COPY per row.
@@ -153,15 +162,18 @@ class DocumentsProjection:
             )
         if not rows:
             return
-        cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS documents_in"
-            " (LIKE documents INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with cur.copy("COPY documents_in FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(DOCUMENT_TYPES)
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(UPSERT)
+        if len(rows) < COPY_FROM:
+            cur.executemany(UPSERT_ROW, rows)
+        else:
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS documents_in"
+                " (LIKE documents INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy(f"COPY documents_in ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(DOCUMENT_TYPES)
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(UPSERT_COPIED)
         with cur.copy(
             "COPY chunks (document_id, chunk_index, version, title, text, start_offset, "
             "end_offset) FROM STDIN (FORMAT BINARY)"
