@@ -5,10 +5,10 @@
    progress is tracked in the same transactions as its rows, so an interrupted rebuild resumes.
    The next page is read while the current one is written. A ``BulkLoadable`` projection
    bulk-loads: each page goes to its UNLOGGED staging tables (``stage``, by COPY), and once
-   caught up one ``seal`` builds the live form
-   (logged tables, derived columns and indexes built once, over the final rows). PostgreSQL
-   empties UNLOGGED tables after a crash: an unlogged marker row tells a resumed rebuild
-   whether its staged rows survived, and it starts over when they did not.
+   caught up one ``seal`` builds the live form (logged tables, derived columns and indexes,
+   built once over the final rows). PostgreSQL empties UNLOGGED tables after a crash: an
+   unlogged marker row tells a resumed rebuild whether its staged rows survived, and it starts
+   over when they did not.
 2. The swap is one transaction under the projection's advisory lock (the live runner takes it for
    every batch): the shadow tables catch up to the head, the live tables move to a retired schema,
    the shadow tables move to ``public``, and the tracking position moves to the head. Readers see
