@@ -5,8 +5,8 @@ the route (so before anything is published), together with a SHA-256 of method, 
 While the first request runs, a duplicate gets 409; with another body, 422. The finished answer
 (status, headers, body, hence the same ``command_id``) is kept for ``UAIT_IDEMPOTENCY_TTL_S``
 and replayed with ``Idempotent-Replayed: true``. A 5xx answer (e.g. the broker is down, nothing
-was accepted) releases the key, so the client can retry with it. The principal is the client
-IP until identity exists.
+was accepted) releases the key, so the client can retry with it. The principal is the API key
+or user the request authenticates as, else the client's address.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from app.asgi import replay as _replay
 from app.asgi import send_problem
+from app.auth.edge import principal_of
 from app.clientip import client_ip
 from telemetry.metrics import IDEMPOTENCY_REQUESTS
 
@@ -135,7 +136,9 @@ class IdempotencyMiddleware:
             await self.app(scope, _replay([more]), send)
             return
         fp = fingerprint(scope["method"], path, body)
-        redis_key = f"idem:{client_ip(scope, self.trusted)}:{key}"
+        who = await principal_of(scope)
+        owner = ":".join(who) if who else f"ip:{client_ip(scope, self.trusted)}"
+        redis_key = f"idem:{owner}:{key}"
         try:
             if store is None:
                 raise RedisError("no Redis configured (UAIT_REDIS_URL is empty)")

@@ -19,8 +19,13 @@ from pydantic import BaseModel
 
 import events  # noqa: F401  (registers every message type)
 from app import problems
+from app.accepted import AcceptedLog
 from app.auth import routes_account, routes_admin, routes_login
+from app.auth.actors import IngressSigner
+from app.auth.principal import forbidden
 from app.auth.runtime import build_auth
+from app.cache import Cache
+from app.cache.knowledge import CachedQueries
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
@@ -38,7 +43,8 @@ from app.routes import events as events_routes
 from app.routes import workers as workers_routes
 from events.topics import CONTEXTS
 from projections.registry import all_projections
-from telemetry.metrics import REGISTRY
+from security.actors import ActorIssuer
+from telemetry.metrics import POOLS, REGISTRY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -65,6 +71,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             check=AsyncConnectionPool.check_connection,
         )
         await pool.open(wait=False)
+        POOLS.watch_postgres("ingress", pool)
         publisher = CommandPublisher(
             kafka_bootstrap,
             timeout_s=settings.publish_timeout_s,
@@ -82,10 +89,22 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         )
         await watcher.start()
         redis = create_redis(settings)
+        queries = Queries(pool)
+        cached: CachedQueries | None = None
         limiter: RateLimiter | None = None
         if redis is None:
             log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
         else:
+            POOLS.watch_redis("ingress", redis.connection_pool)
+            if settings.cache_enabled:
+                cache = Cache(
+                    redis,
+                    prefix=settings.cache_prefix,
+                    default_ttl_s=settings.cache_ttl_s,
+                    jitter=settings.cache_ttl_jitter,
+                    scan_batch=settings.cache_scan_batch,
+                )
+                cached = CachedQueries(queries, cache, watcher, settings)
             limiter = app.state.ratelimiter = RateLimiter(redis)
             # A reservation outlives the longest request (publish, then Prefer: wait).
             app.state.idempotency = IdempotencyStore(
@@ -93,19 +112,28 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
                 ttl_s=settings.idempotency_ttl_s,
                 in_flight_s=settings.publish_timeout_s + settings.max_wait_s + 30,
             )
+        accepted = AcceptedLog(pool)
+        accepted.start()
         app.state.deps = Deps(
             settings=settings,
             publisher=publisher,
-            queries=Queries(pool),
+            queries=queries,
             watcher=watcher,
             redis=redis,
+            cached=cached,
+            accepted=accepted,
         )
         app.state.health = IngressHealth(app.state.deps)
         app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
+        publisher.signer = IngressSigner(ActorIssuer(app.state.auth.tokens))
         try:
             yield
         finally:
             await app.state.auth.stop()
+            await accepted.stop()
+            if cached is not None:
+                await cached.close()
+            POOLS.forget("ingress")
             await watcher.stop()
             await publisher.stop()
             with contextlib.suppress(Exception):
@@ -180,8 +208,19 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             media_type="application/health+json",
         )
 
+    if settings.bench_bare_route:
+
+        @app.get("/bench/bare", include_in_schema=False)
+        async def bare() -> dict[str, bool]:
+            """A constant answer: the baseline of `uait bench ingress`."""
+            return {"ok": True}
+
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not settings.metrics_public:  # then only an admin (e.g. the scraper's API key)
+            principal = await request.app.state.auth.authenticator.authenticate(request)
+            if "admin" not in principal.permissions:
+                raise forbidden("admin")
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     # Idempotency inside the size limit (it buffers the body), rate limits outside it.

@@ -2,7 +2,8 @@
 
 One LISTEN connection per ingress process receives ``name:position`` from every projection
 commit (see ``projections.runner``); waiters sleep on an asyncio.Condition until the position
-they need is reached or their deadline passes.
+they need is reached or their deadline passes. The same connection follows each projection's
+live version (changed by a blue/green swap or a rollback), which cache keys carry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from projections.control import CONTROL_CHANNEL
 from projections.runner import POSITIONS_CHANNEL
 
 if TYPE_CHECKING:
@@ -35,6 +37,10 @@ class PositionWatcher:
         self.tracking_tables = tracking_tables
         self.event_channels = event_channels
         self.positions: dict[str, int] = {}
+        self.versions: dict[str, int] = {}
+        """Each projection's live version, as ``projection_state`` says (absent: not recorded)."""
+        self.versions_loaded = False
+        """True once ``versions`` has been read (until then nobody knows the live version)."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -58,6 +64,14 @@ class PositionWatcher:
                 if row is not None:
                     self._advance(name, int(row[0]))
 
+    async def _load_versions(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            cur = await conn.execute(
+                "SELECT name, live_version FROM projection_state WHERE live_version IS NOT NULL"
+            )
+            self.versions = {str(name): int(version) for name, version in await cur.fetchall()}
+        self.versions_loaded = True
+
     def _advance(self, name: str, position: int) -> None:
         if position > self.positions.get(name, 0):
             self.positions[name] = position
@@ -70,15 +84,23 @@ class PositionWatcher:
                     self.database_url, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {POSITIONS_CHANNEL}")
+                    await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
                     for channel in self.event_channels:
                         await conn.execute(f'LISTEN "{channel}"')
                     await self._load(conn)  # after LISTEN, so no commit falls in between
+                    await self._load_versions(conn)
                     await self._notify_all()
                     backoff = 0.1
                     async for note in conn.notifies():
                         if note.channel == POSITIONS_CHANNEL:
                             name, _, pos = note.payload.rpartition(":")
                             self._advance(name, int(pos))
+                        elif note.channel == CONTROL_CHANNEL:
+                            # Not on this connection: it is busy in notifies().
+                            async with await psycopg.AsyncConnection.connect(
+                                self.database_url, autocommit=True
+                            ) as other:
+                                await self._load_versions(other)
                         await self._notify_all()
             except (psycopg.OperationalError, OSError) as exc:
                 log.warning("position watcher lost its connection (%s); reconnecting", exc)

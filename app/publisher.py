@@ -36,7 +36,7 @@ from telemetry.tracing import current_traceparent, extract, tracer
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from events.base import Command
 
@@ -69,8 +69,11 @@ class CommandPublisher:
         timeout_s: float = 5.0,
         max_message_bytes: int = 1024 * 1024,
         linger_ms: int = 2,
+        signer: Callable[[str, Command], str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.signer = signer
+        """(actor, command) -> the actor token for the command's envelope."""
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
         self._linger_ms = linger_ms
@@ -127,7 +130,10 @@ class CommandPublisher:
         traceparent: str | None = None,
         message_id: uuid.UUID | None = None,
     ) -> Envelope:
-        """Publish a command; a ``traceparent`` given here is the parent of the produce span."""
+        """Publish a command; a ``traceparent`` given here is the parent of the produce span.
+
+        With a ``signer``, the envelope carries the actor token it issues for ``actor``.
+        """
         topic = command_topic(command.CONTEXT)
         parent = extract({"traceparent": traceparent}) if traceparent else None
         with tracer().start_as_current_span(
@@ -149,6 +155,7 @@ class CommandPublisher:
                 # The consumer's span becomes a child of this one.
                 traceparent=current_traceparent() or traceparent,
                 message_id=message_id,
+                actor_token=self.signer(actor, command) if self.signer is not None else None,
             )
             span.set_attribute("messaging.message.id", str(envelope.message_id))
             metadata = await self.send_raw(

@@ -3,8 +3,8 @@
 A request is matched to a stack of limits (e.g. a knowledge write counts against ``knowledge``
 and ``default``). The script checks every limit of the stack and counts the request in all of
 them only when all allow it, so a request refused by one limit consumes nothing of the others.
-Keys are ``rl:{policy}:{scope}:{id}``; the scope is ``ip`` until identity exists (``user``,
-``key`` or ``account_ip`` can be added without changing the script).
+Keys are ``rl:{policy}:{scope}:{id}``; the scope is ``key`` (an API key), ``user`` (a bearer
+token) or ``ip`` (no valid credentials); login throttling uses ``account_ip`` (app.auth.throttle).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from app.asgi import send_problem
+from app.auth.edge import principal_of
 from app.clientip import client_ip, in_networks
 from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
 
@@ -222,7 +223,10 @@ class RateLimitMiddleware:
         if not names or in_networks(ip, self.exempt):
             await self.app(scope, receive, send)
             return
-        limits = [Limit(n, self.policies[n], "ip", ip) for n in names if n in self.policies]
+        who = await principal_of(scope)
+        limits = [
+            Limit(n, self.policies[n], *(who or ("ip", ip))) for n in names if n in self.policies
+        ]
         limiter: RateLimiter | None = getattr(scope["app"].state, "ratelimiter", None)
         try:
             if limiter is None:

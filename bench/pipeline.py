@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -36,15 +37,18 @@ from app.publisher import headers_for
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
 from events.topics import command_topic
+from infra.actors import operator_signer
 from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack
 from projections.documents import DocumentsProjection
 from projections.runner import POSITIONS_CHANNEL
+from security.keyring import Keyring
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    from events.base import Command
     from infra.stack import Endpoints
 
 console = Console()
@@ -146,6 +150,10 @@ class CommitLog(threading.Thread):
         return self.times[i]
 
 
+# One key-encryption key per benchmark process: the workers it starts verify actor tokens.
+KEK = Keyring.generate_setting()
+
+
 @contextlib.contextmanager
 def fresh_stack(log_dir: Path) -> Iterator[Endpoints]:
     with tempfile.TemporaryDirectory(prefix="uait-bench-") as tmp:
@@ -162,6 +170,7 @@ def pipeline(endpoints: Endpoints, batch: int | None, log_dir: Path) -> Iterator
         "UAIT_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
         "UAIT_DATABASE_URL": endpoints.database_url,
         "UAIT_REDIS_URL": endpoints.redis_url,
+        "UAIT_KEY_ENCRYPTION_KEYS": KEK,
         "UAIT_WORKER_SESSION_TIMEOUT_MS": "3000",
         "UAIT_LOG_LEVEL": "WARNING",
     }
@@ -188,7 +197,10 @@ def pipeline(endpoints: Endpoints, batch: int | None, log_dir: Path) -> Iterator
 
 
 async def publish(
-    bootstrap: str, commands: list[IngestDocument], rate: float | None
+    bootstrap: str,
+    commands: list[IngestDocument],
+    rate: float | None,
+    sign: Callable[[str, Command], str],
 ) -> list[float]:
     """Send every command (acks=all); returns each command's send time (perf_counter)."""
     producer = AIOKafkaProducer(
@@ -205,7 +217,7 @@ async def publish(
                 delay = start + i / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            envelope = wrap(command, actor="bench")
+            envelope = wrap(command, actor="bench", actor_token=sign("bench", command))
             sent.append(time.perf_counter())
             pending.append(
                 await producer.send(
@@ -265,6 +277,8 @@ def run(
             kafka_bootstrap=endpoints.kafka_bootstrap,
             database_url=endpoints.database_url,
             redis_url=endpoints.redis_url,
+            # The workers verify every command's actor token, as in production.
+            key_encryption_keys=SecretStr(KEK),
         )
         prepare(settings)
         with pipeline(endpoints, batch, log_dir):
@@ -273,10 +287,12 @@ def run(
             commits.ready.wait(10)
             try:
                 # Warm-up: the worker has joined its group and the projection is following.
-                asyncio.run(publish(endpoints.kafka_bootstrap, [document(-1)], None))
+                sign = operator_signer(settings)
+                assert sign is not None
+                asyncio.run(publish(endpoints.kafka_bootstrap, [document(-1)], None, sign))
                 wait_for_rows(endpoints.database_url, 1, f"{label}: warm-up", 120)
                 commands = [document(i) for i in range(n)]
-                sent = asyncio.run(publish(endpoints.kafka_bootstrap, commands, rate))
+                sent = asyncio.run(publish(endpoints.kafka_bootstrap, commands, rate, sign))
                 wait_for_rows(endpoints.database_url, n + 1, label, 60 + n / 50)
                 time.sleep(0.3)  # let the last notification arrive
                 with psycopg.connect(endpoints.database_url) as conn:

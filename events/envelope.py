@@ -33,6 +33,9 @@ class Envelope(BaseModel):
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
     traceparent: str | None = None
+    actor_token: str | None = Field(default=None, max_length=8192)
+    """A signed, short-lived token naming ``actor`` and its scopes; workers verify it, so a
+    producer cannot act as someone else."""
     payload: dict[str, Any]
 
     @field_validator("traceparent")
@@ -51,6 +54,7 @@ def wrap(
     causation_id: uuid.UUID | None = None,
     traceparent: str | None = None,
     message_id: uuid.UUID | None = None,
+    actor_token: str | None = None,
 ) -> Envelope:
     """Put a message in a new envelope; a fresh UUIDv7 id starts a new correlation by default."""
     mid = message_id or uuid7()
@@ -63,6 +67,7 @@ def wrap(
         correlation_id=correlation_id or mid,
         causation_id=causation_id,
         traceparent=traceparent,
+        actor_token=actor_token,
         payload=message.model_dump(mode="json"),
     )
 

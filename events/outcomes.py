@@ -18,6 +18,7 @@ RejectionCode = Literal[
     "too_large",  # over a configured limit
     "not_found",  # the aggregate it addresses does not exist
     "domain",  # a business rule refused it (e.g. deleting a missing document)
+    "unauthorized",  # its actor could not be verified, or lacks the scope the command needs
 ]
 
 

@@ -423,6 +423,7 @@ def publish(
 ) -> None:
     """Publish one command straight to Kafka, in the same envelope the ingress uses."""
     from app.publisher import BrokerUnavailableError, CommandPublisher
+    from infra.actors import operator_signer
 
     settings = _settings()
     raw = sys.stdin.read() if command_json == "-" else command_json
@@ -448,6 +449,7 @@ def publish(
             settings.kafka_bootstrap,
             timeout_s=settings.publish_timeout_s,
             max_message_bytes=settings.kafka_max_message_bytes,
+            signer=operator_signer(settings),
         ) as publisher:
             envelope = await publisher.publish(message, actor=actor)
             return str(envelope.message_id)
@@ -693,6 +695,19 @@ def bench_pipeline(
         paced_rate=paced_rate,
         paced_seconds=paced_seconds,
     )
+
+
+@bench_app.command("ingress")
+def bench_ingress(
+    seconds: Annotated[int, typer.Option(help="length of each wrk run")] = 10,
+    rounds: Annotated[int, typer.Option(help="alternating rounds; medians are reported")] = 3,
+    connections: Annotated[int, typer.Option(help="wrk connections")] = 32,
+) -> None:
+    """The authenticated, rate-limited, validated publish path against a bare endpoint."""
+    from bench.ingress import main as run_bench
+
+    _logging("WARNING", fmt="text")
+    run_bench(seconds=seconds, rounds=rounds, connections=connections)
 
 
 @bench_app.command("rebuild")

@@ -8,11 +8,13 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
+import redis
 from eventsourcing.postgres import PostgresApplicationRecorder
 
 from infra.migrate import migrate
 from infra.stack import eventsourcing_env
 from infra.topics import ensure_topics, topic_specs
+from projections.cache_invalidation import CacheInvalidation
 from projections.control import read_state, write_state
 from projections.rebuild import Rebuilder
 from projections.registry import all_projections
@@ -116,15 +118,39 @@ def run_projections(settings: Settings, names: list[str] | None = None) -> None:
 
     A projection whose code version differs from the version its live tables were built with
     is first rebuilt blue/green (or only flagged, with UAIT_PROJECTIONS_REBUILD_ON_START=false).
+    With a Redis and the cache enabled, the cache invalidation follows the documents too.
     """
     runners, factories = projection_runners(settings, names=names)
+    redis_client: redis.Redis | None = None
     try:
         for runner in runners:
             check_version(runner, rebuild=settings.projections_rebuild_on_start)
+        wanted = not names or CacheInvalidation.name in names
+        if settings.redis_url and settings.cache_enabled and wanted:
+            redis_client = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=max(settings.redis_timeout_s, 1.0),
+                socket_connect_timeout=max(settings.redis_timeout_s, 1.0),
+            )
+            es_env = eventsourcing_env(settings.database_url)
+            factory = open_factory(CacheInvalidation.context, es_env, pool_size=3)
+            factories.append(factory)
+            recorder = factory.application_recorder()
+            assert isinstance(recorder, PostgresApplicationRecorder)
+            runners.append(
+                ProjectionRunner(
+                    CacheInvalidation(redis_client, settings.cache_prefix),
+                    recorder,
+                    factory.tracking_recorder(),
+                    batch_size=settings.projection_batch_size,
+                )
+            )
         follow(runners)
     finally:
         for f in factories:
             f.close()
+        if redis_client is not None:
+            redis_client.close()
 
 
 def run_relay(settings: Settings) -> None:

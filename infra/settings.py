@@ -162,6 +162,28 @@ class Settings(BaseSettings):
         default=False, description="Access-Control-Allow-Credentials for the allowed origins"
     )
 
+    # Cache (Redis cache-aside for read-model queries; the Cache service's defaults)
+    cache_enabled: bool = Field(default=True, description="cache-aside for read-model queries")
+    cache_prefix: str = Field(
+        default="uait:cache", pattern=r"^[A-Za-z0-9_.:-]+$", description="key namespace"
+    )
+    cache_ttl_s: float = Field(default=300.0, gt=0, le=86_400, description="document lookups")
+    cache_search_ttl_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="search results and document listings"
+    )
+    cache_stale_s: float = Field(
+        default=30.0, ge=0, le=86_400, description="served stale past the TTL while one reloads"
+    )
+    cache_ttl_jitter: float = Field(
+        default=0.1, ge=0, lt=1, description="TTLs spread by up to this fraction either way"
+    )
+    cache_lock_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="a loader's lock expires after this (holder died)"
+    )
+    cache_scan_batch: int = Field(
+        default=1000, ge=10, le=100_000, description="keys per SCAN/UNLINK round"
+    )
+
     # Idempotency-Key
     idempotency_ttl_s: int = Field(default=86_400, ge=1, description="how long answers replay")
 
@@ -210,11 +232,19 @@ class Settings(BaseSettings):
     login_account_failures: int = Field(
         default=20, ge=1, description="failed logins per account per hour before unknown IPs slow"
     )
+    bench_bare_route: bool = Field(
+        default=False, description="serve GET /bench/bare (the baseline of `uait bench ingress`)"
+    )
+    verify_actors: bool = Field(
+        default=True, description="workers verify every command's signed actor token"
+    )
     metrics_public: bool = Field(
         default=True, description="/metrics without authentication (for a scraper on the network)"
     )
-    notifier: Literal["log", "smtp"] = Field(
-        default="log", description="how reset and verification tokens are sent"
+    notifier: Literal["outbox", "smtp"] = Field(
+        default="outbox",
+        description="how reset and verification tokens are sent: files in <data dir>/outbox (dev)"
+        " or SMTP",
     )
     smtp_url: str = Field(default="", description="smtp://user:pass@host:port for the notifier")
     smtp_from: str = "uait@localhost"

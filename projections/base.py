@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from events.base import Event
 
 
+class TransientProjectionError(RuntimeError):
+    """Raised by ``apply`` when an outside system (Redis, a broker) is unavailable.
+
+    The runner backs off and retries the batch, as it does when the database is down; the
+    projection is never marked failed for it, since the event itself is fine.
+    """
+
+
 @dataclass(frozen=True)
 class Envelope:
     """A stored event as a projection sees it: position, stream and decoded payload."""

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
-from projections.base import Envelope
+from projections.base import Envelope, TransientProjectionError
 from projections.control import CONTROL_CHANNEL, read_state, write_state
 from telemetry.metrics import (
     PROJECTION_BATCH_DURATION,
@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("uait.projections")
 
 POSITIONS_CHANNEL = "uait_projections"
+_TRANSIENT = (
+    PersistenceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    TransientProjectionError,
+)
 
 
 def to_envelopes(projection: Projection, notes: list[Notification]) -> list[Envelope]:
@@ -86,6 +92,8 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.datastore: PostgresDatastore = recorder.datastore
         self._position: int | None = None  # cached; re-read after a start or a conflict
+        # A follower of another projection's results never reads past that one's position.
+        self.behind: str | None = getattr(projection, "behind", None)
 
     def setup(self) -> None:
         with self.datastore.transaction(commit=True) as cur:
@@ -102,9 +110,14 @@ class ProjectionRunner:
     def run_batch(self) -> int:
         """Project up to ``batch_size`` events past the tracked position; returns how many."""
         start = self._current()
+        stop = None
+        if self.behind is not None:
+            stop = self.tracking.max_tracking_id(self.behind) or 0
+            if stop <= start:
+                return 0
         notes = list(
             self.recorder.select_notifications(
-                start=start, limit=self.batch_size, inclusive_of_start=False
+                start=start, limit=self.batch_size, stop=stop, inclusive_of_start=False
             )
         )
         if not notes:
@@ -217,6 +230,8 @@ class ProjectionRunner:
                 with self.datastore.get_connection() as listen:
                     listen.execute(SQL("LISTEN {}").format(Identifier(self.recorder.channel_name)))
                     listen.execute(SQL("LISTEN {}").format(Identifier(CONTROL_CHANNEL)))
+                    if self.behind is not None:  # woken by the other projection's commits
+                        listen.execute(SQL("LISTEN {}").format(Identifier(POSITIONS_CHANNEL)))
                     backoff = 0.1
                     state = read_state(self.datastore, name).state
                     while not stop.is_set():
@@ -231,7 +246,7 @@ class ProjectionRunner:
                                 self._position = None
             except Exception:
                 up.set(0)
-                log.exception("%s: database unavailable; reconnecting", name)
+                log.exception("%s: database or a service unavailable; reconnecting", name)
                 self._position = None
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -240,8 +255,8 @@ class ProjectionRunner:
         """One batch; on an event that cannot be applied, find it and mark the projection failed."""
         try:
             return self.run_batch()
-        except (PersistenceError, psycopg.OperationalError, psycopg.InterfaceError):
-            raise  # the database, not the event: reconnect and retry
+        except _TRANSIENT:
+            raise  # the database or another service, not the event: reconnect and retry
         except Exception:
             log.exception("%s: a batch failed; looking for the event", self.projection.name)
         # Apply one event per transaction up to the one that fails, so the error names it.
@@ -253,7 +268,7 @@ class ProjectionRunner:
                 try:
                     if self.run_batch() == 0:
                         return 0  # it went through this time
-                except (PersistenceError, psycopg.OperationalError, psycopg.InterfaceError):
+                except _TRANSIENT:
                     raise
                 except Exception as exc:
                     self._fail(position, exc)

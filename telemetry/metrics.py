@@ -17,10 +17,15 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from telemetry.pools import PoolCollector
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 # CPU, memory, open files and the Python version of each process, for saturation panels.
 ProcessCollector(registry=REGISTRY)
 REGISTRY.register(PLATFORM_COLLECTOR)
+# Connection pools of this process, read at scrape time.
+POOLS = PoolCollector()
+REGISTRY.register(POOLS)
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -235,6 +240,43 @@ BREAKER_TRANSITIONS = Counter(
     "uait_breaker_transitions_total",
     "State changes of a circuit breaker made by this process, by the state it went to.",
     ["breaker", "to"],
+    registry=REGISTRY,
+)
+
+# Cache-aside for read-model queries (ingress) and its invalidation (projections)
+CACHE_LOOKUPS = Counter(
+    "uait_cache_lookups_total",
+    "Cache-aside lookups by cache and result: hit, stale (served past its TTL while one process "
+    "reloads), miss, shared (joined a lookup of the same key in flight in this process), error "
+    "(Redis unavailable: read from PostgreSQL) and bypass (?after= reads the read model).",
+    ["cache", "result"],
+    registry=REGISTRY,
+)
+CACHE_LOADS = Counter(
+    "uait_cache_loads_total",
+    "Loader calls (read-model queries run to fill the cache), by cache and result (ok, error).",
+    ["cache", "result"],
+    registry=REGISTRY,
+)
+CACHE_LOAD_DURATION = Histogram(
+    "uait_cache_load_duration_seconds",
+    "Time of one loader call, by cache.",
+    ["cache"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+CACHE_FLIGHT_WAITS = Counter(
+    "uait_cache_flight_waits_total",
+    "Lookups that waited for another process's loader, by cache and outcome: filled (its value "
+    "arrived), took_over (its lock ended without a value, this one loaded) and timeout.",
+    ["cache", "outcome"],
+    registry=REGISTRY,
+)
+CACHE_INVALIDATIONS = Counter(
+    "uait_cache_invalidations_total",
+    "Cache generations bumped by read-model changes, by projection and scope (document buckets, "
+    "collection).",
+    ["projection", "scope"],
     registry=REGISTRY,
 )
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
+from infra.secrets import generate as generate_secrets
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, Endpoints, create_database, drop_database
 
@@ -48,3 +49,17 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
                 # server is down, in which case the failing tests have already said so.
                 warnings.warn(f"could not drop {dbname}: {exc}", stacklevel=1)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# One set of identity secrets for the whole test session: processes and tests that share a
+# database must share the key-encryption key that wraps its signing keys.
+TEST_SECRETS = generate_secrets()
+
+
+def with_actor_keys(settings: Settings) -> Settings:
+    """``settings`` with the session's key-encryption key: workers built from it verify actor
+    tokens, and ``infra.actors.operator_signer(settings)`` signs commands they accept."""
+    from pydantic import SecretStr
+
+    kek = TEST_SECRETS["UAIT_KEY_ENCRYPTION_KEYS"]
+    return settings.model_copy(update={"key_encryption_keys": SecretStr(kek)})

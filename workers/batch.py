@@ -32,6 +32,7 @@ from events.envelope import (
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import EventMeta, encode_state
+from security.actors import ActorRejectedError
 from telemetry import logs
 from workers import snapshots
 from workers.aggregate import Aggregate, DomainRuleError
@@ -211,7 +212,10 @@ class BatchProcessor:
         conflict_retries: int = 5,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_started: Callable[[list[Item]], None] | None = None,
+        actors: Callable[[Envelope, Command], None] | None = None,
     ) -> None:
+        self.actors = actors
+        """Raises ActorRejectedError for a command whose actor cannot be verified."""
         self.store = store
         self.decider = decider
         self.conflict_retries = conflict_retries
@@ -256,6 +260,12 @@ class BatchProcessor:
                 f"{envelope.type} belongs to {command.CONTEXT}, not {self.decider.context}",
             )
             return item
+        if self.actors is not None:
+            try:
+                self.actors(envelope, command)
+            except ActorRejectedError as exc:
+                item.rejection = ("unauthorized", str(exc))
+                return item
         item.command = command
         return item
 

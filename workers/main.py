@@ -12,6 +12,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
 import events  # noqa: F401  (registers every message type)
+from workers.actors import ActorCheck
 from workers.batch import BatchProcessor
 from workers.command_log import mark_started
 from workers.eventstore import EventStore, open_factory
@@ -67,6 +68,9 @@ def build_worker(
         graceful_timeout=settings.worker_graceful_timeout_s,
     )
     stores: dict[str, EventStore] = {}
+    actors = ActorCheck(settings) if settings.verify_actors else None
+    if actors is None:
+        log.warning("UAIT_VERIFY_ACTORS=false: commands' actor tokens are NOT verified")
     for context, decider in deciders(settings).items():
         if contexts and context not in contexts:
             continue
@@ -78,6 +82,7 @@ def build_worker(
             store,
             decider,
             on_started=functools.partial(mark_started, store.datastore, context),
+            actors=actors,
         )
         broker.include_router(command_router(context, processor, settings))
         log.info("worker subscribed to context %s", context)

@@ -4,7 +4,8 @@ Access tokens are verified locally (signature, claims; verified tokens are cache
 expire) and then checked against the Redis deny-list of revoked sessions, which every replica
 shares, so a revoked session stops working everywhere at once. API keys are looked up in
 PostgreSQL (cached briefly per process) and checked against the deny-list of revoked keys on
-every request. Redis unreachable means revocation cannot be checked: the request is refused (503).
+every request. With Redis unreachable, revocation is checked in PostgreSQL instead (the
+sessions table, the api_keys read model): slower, never skipped.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
+import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal, unauthorized
@@ -97,7 +100,11 @@ class Authenticator:
             log.info("access token refused: %s", exc.reason)
             AUTH_DECISIONS.labels("bearer", "refused").inc()
             raise unauthorized("invalid token") from None
-        if not claims.session_id or await self._denied(SESSION_DENY + claims.session_id):
+        if not claims.session_id or await self._denied(
+            SESSION_DENY + claims.session_id,
+            "SELECT revoked_at IS NOT NULL FROM auth_sessions WHERE session_id = %s::uuid",
+            claims.session_id,
+        ):
             AUTH_DECISIONS.labels("bearer", "revoked").inc()
             raise unauthorized("the session was revoked")
         AUTH_DECISIONS.labels("bearer", "ok").inc()
@@ -127,7 +134,11 @@ class Authenticator:
         ):
             AUTH_DECISIONS.labels("api_key", "refused").inc()
             raise unauthorized("invalid, expired or revoked API key")
-        if await self._denied(KEY_DENY + key_id):
+        if await self._denied(
+            KEY_DENY + key_id,
+            "SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_id = %s",
+            key_id,
+        ):
             AUTH_DECISIONS.labels("api_key", "revoked").inc()
             raise unauthorized("invalid, expired or revoked API key")
         owner = permissions_of(record.owner_roles)
@@ -142,12 +153,18 @@ class Authenticator:
             key_id=key_id,
         )
 
-    async def _denied(self, key: str) -> bool:
-        if self.redis is None:
-            return False
+    async def _denied(self, key: str, fallback_sql: LiteralString, value: str) -> bool:
+        """On the shared deny-list; without Redis, revoked according to PostgreSQL."""
+        if self.redis is not None:
+            try:
+                return bool(await self.redis.exists(key))
+            except (RedisError, OSError) as exc:
+                log.warning("deny-list unavailable, checking PostgreSQL: %s", exc)
         try:
-            return bool(await self.redis.exists(key))
-        except (RedisError, OSError) as exc:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(fallback_sql, (value,))
+                row = await cur.fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
             log.warning("cannot check revocations: %s", exc)
             raise ProblemError(
                 503,
@@ -155,6 +172,7 @@ class Authenticator:
                 "revocations cannot be checked right now; retry shortly",
                 headers={"Retry-After": "1"},
             ) from None
+        return row is None or bool(row[0])
 
     async def _key(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()

@@ -1,13 +1,21 @@
-"""Sending one-time tokens (password reset, email verification): a log notifier or SMTP."""
+"""Sending one-time tokens (password reset, email verification): an outbox folder or SMTP."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import smtplib
+import time
+import uuid
 from email.message import EmailMessage
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
+
+import orjson
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger("uait.notify")
 
@@ -16,17 +24,24 @@ class Notifier(Protocol):
     async def send(self, to: str, subject: str, body: str) -> None: ...
 
 
-class LogNotifier:
-    """Development: the message goes to the log (the token with it: never use in production)."""
+class OutboxNotifier:
+    """Development: each message is a JSON file in ``<data dir>/outbox`` (mode 0600).
 
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, str]] = []
+    The log says only that a message was written, never its content: one-time tokens are
+    secrets, and logs must hold none.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def send(self, to: str, subject: str, body: str) -> None:
-        self.sent.append((to, subject, body))
-        log.warning(
-            "notification (log notifier, development only) to %s: %s\n%s", to, subject, body
-        )
+        name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
+        data = orjson.dumps({"to": to, "subject": subject, "body": body})
+        fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        log.info("message %r written to the outbox (%s)", subject, name)
 
 
 class SmtpNotifier:
@@ -51,6 +66,8 @@ class SmtpNotifier:
                 try:
                     s.starttls()
                 except smtplib.SMTPNotSupportedError:
+                    if p.username:  # never send a password in clear text
+                        raise
                     log.warning("SMTP server %s offers no STARTTLS", p.hostname)
             if p.username:
                 s.login(unquote(p.username), unquote(p.password or ""))

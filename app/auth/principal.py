@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth.actors import current_principal
 from app.problems import ProblemError
 from events.identity.roles import ADMIN, SELF
 
@@ -82,6 +83,7 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
         if permission not in principal.permissions:
             raise forbidden(permission)
         request.state.principal = principal
+        current_principal.set(principal)
         return principal
 
     dependency.__name__ = f"require_{permission.replace(':', '_')}"

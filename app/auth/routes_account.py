@@ -17,7 +17,7 @@ from app.auth.runtime import AuthRuntime, auth
 from app.auth.second_factor import check_second_factor, consume_totp
 from app.commanding import submit
 from app.deps import Deps, deps
-from app.problems import ProblemError, problem_responses
+from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from events.identity.commands import (
     CreateApiKey,
     DisableTwoFactor,
@@ -29,7 +29,9 @@ from events.identity.roles import ADMIN, PERMISSIONS
 from security.apikeys import new_api_key
 from security.totp import hash_recovery_code, new_recovery_codes, new_totp_secret, provisioning_uri
 
-router = APIRouter(prefix="/v1", tags=["account"], responses=problem_responses(401, 403, 422))
+router = APIRouter(
+    prefix="/v1", tags=["account"], responses=problem_responses(*V1_WRITE_PROBLEMS, 404)
+)
 Self = Annotated[Principal, Depends(require(SELF))]
 Auth = Annotated[AuthRuntime, Depends(auth)]
 D = Annotated[Deps, Depends(deps)]
@@ -250,3 +252,15 @@ async def revoke_api_key(key_id: str, request: Request, who: Self, a: Auth, d: D
     a.authenticator.forget_key(key_id)
     command = RevokeApiKey(user_id=row["user_id"], key_id=key_id)
     return await submit(request, d, command, actor=who.actor, success_status=200)
+
+
+@router.post("/auth/actor-token")
+async def actor_token(who: Self, a: Auth) -> dict[str, Any]:
+    """A signed actor token for a producer that writes commands to Kafka itself (typically
+    with a service's API key): the envelope's ``actor`` must be the ``actor`` answered here,
+    and the token's scopes are your permissions. It lives `actor_ttl` (5 min): fetch a new one
+    before it ends."""
+    token = a.tokens.issue_actor(
+        subject=who.actor, scopes=sorted(who.permissions), session_id=who.session_id
+    )
+    return {"actor": who.actor, "actor_token": token, "expires_in": a.tokens.config.actor_ttl_s}

@@ -15,12 +15,14 @@ from app.auth.routes_account import profile
 from app.auth.runtime import AuthRuntime, auth
 from app.commanding import submit
 from app.deps import Deps, deps
-from app.problems import ProblemError, problem_responses
+from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError, decode_cursor, encode_cursor
 from events.identity.commands import AssignRole, DeleteUser, DisableUser, RevokeRole
 from events.identity.roles import ROLES
 
-router = APIRouter(prefix="/v1", tags=["admin"], responses=problem_responses(400, 401, 403, 422))
+router = APIRouter(
+    prefix="/v1", tags=["admin"], responses=problem_responses(*V1_WRITE_PROBLEMS, 404)
+)
 jwks_router = APIRouter(tags=["auth"])
 Auth = Annotated[AuthRuntime, Depends(auth)]
 D = Annotated[Deps, Depends(deps)]

@@ -30,14 +30,16 @@ from app.auth.runtime import AuthRuntime, auth
 from app.auth.second_factor import check_second_factor
 from app.clientip import client_ip
 from app.deps import Deps, deps
-from app.problems import ProblemError, problem_responses
+from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from events.identity.commands import ChangePassword, RegisterUser, VerifyEmail
 from events.ids import uuid7
 from security.passwords import PasswordPolicyError, check_password_policy
 from security.refresh import hash_token, new_refresh_token
 from security.tokens import TokenError
 
-router = APIRouter(prefix="/v1/auth", tags=["auth"], responses=problem_responses(400, 422, 429))
+router = APIRouter(
+    prefix="/v1/auth", tags=["auth"], responses=problem_responses(*V1_WRITE_PROBLEMS, 404)
+)
 ACCEPTED = {"status": "accepted", "detail": "if the address can be used, a message is on its way"}
 TOKEN_TTL = {"verify_email": timedelta(days=2), "reset_password": timedelta(hours=1)}
 

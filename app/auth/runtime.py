@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from app.auth.audit import Auditor
 from app.auth.authenticate import SESSION_DENY, Authenticator
-from app.auth.notifier import LogNotifier, Notifier, SmtpNotifier
+from app.auth.notifier import Notifier, OutboxNotifier, SmtpNotifier
 from app.auth.service import IdentityCore
 from app.auth.sessions import SessionPolicy, Sessions
 from app.auth.throttle import LoginThrottle
@@ -91,7 +91,7 @@ async def build_auth(
     notifier: Notifier = (
         SmtpNotifier(settings.smtp_url, settings.smtp_from)
         if settings.notifier == "smtp"
-        else LogNotifier()
+        else OutboxNotifier(settings.data_dir / "outbox")
     )
     runtime = AuthRuntime(
         settings=settings,
@@ -118,5 +118,6 @@ async def build_auth(
     return runtime
 
 
-def auth(request: Request) -> AuthRuntime:
+async def auth(request: Request) -> AuthRuntime:
+    # async: FastAPI would run a plain function in its thread pool, on every request.
     return cast("AuthRuntime", request.app.state.auth)

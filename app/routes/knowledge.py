@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -17,6 +17,10 @@ from app.queries import BadCursorError
 from events.ids import uuid7
 from events.knowledge.commands import DeleteDocument, DocumentId, IngestDocument, Source, Tag, Text
 from projections.documents import DocumentsProjection
+from telemetry.metrics import CACHE_LOOKUPS
+
+if TYPE_CHECKING:
+    from app.cache.knowledge import CachedQueries
 
 router = APIRouter(
     prefix="/v1/knowledge", tags=["knowledge"], responses=problem_responses(*V1_PROBLEMS)
@@ -152,11 +156,15 @@ async def get_document(
     after: Annotated[int | None, Query(ge=0, description="wait for this position")] = None,
     include_chunks: bool = False,
 ) -> Any:
+    """One document; from the cache unless `?after=` asks to read one's own write."""
     await read_model_at(d, after)
-    doc = await d.queries.document(document_id, with_chunks=include_chunks)
+    if (cached := _cache(d, after, "document")) is not None:
+        doc = await cached.document(document_id, with_chunks=include_chunks)
+    else:
+        doc = jsonable_encoder(await d.queries.document(document_id, with_chunks=include_chunks))
     if doc is None:
         raise ProblemError(404, "Document not found", f"no document {document_id!r}")
-    return jsonable_encoder(doc)
+    return doc
 
 
 @router.get("/documents", responses=problem_responses(400))
@@ -169,6 +177,8 @@ async def list_documents(
 ) -> Any:
     await read_model_at(d, after)
     try:
+        if (cached := _cache(d, after, "list")) is not None:
+            return await cached.list_documents(cursor, limit)
         items, next_cursor = await d.queries.documents(cursor, limit)
     except BadCursorError as exc:
         raise ProblemError(400, "Bad cursor", str(exc)) from exc
@@ -185,4 +195,22 @@ async def search(
 ) -> Any:
     """Full-text search over chunks; the best chunk per document, with a highlighted snippet."""
     await read_model_at(d, after)
-    return jsonable_encoder({"query": q, "results": await d.queries.search(q, limit)})
+    if (cached := _cache(d, after, "search")) is not None:
+        results = await cached.search(q, limit)
+    else:
+        results = jsonable_encoder(await d.queries.search(q, limit))
+    return {"query": q, "results": results}
+
+
+def _cache(d: Deps, after: int | None, kind: str) -> CachedQueries | None:
+    """The cache, unless there is none or ``?after=`` asks for the read model itself.
+
+    Also bypassed in the first moments of a process, until the live version of the tables is
+    known (keys carry it).
+    """
+    if d.cached is None:
+        return None
+    if after is not None or not d.cached.ready:
+        CACHE_LOOKUPS.labels(f"{DocumentsProjection.name}:{kind}", "bypass").inc()
+        return None
+    return d.cached

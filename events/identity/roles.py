@@ -8,6 +8,10 @@ owner's current permissions, so a demoted owner's keys lose what the owner lost.
 from __future__ import annotations
 
 ADMIN = "admin"
+REGISTER = "account:register"
+"""Create an account: what the ingress vouches for on behalf of an anonymous visitor."""
+AUDIT_WRITE = "audit:write"
+"""Record an audit entry: the ingress's own scope for the auth flows it runs."""
 SELF = "account:self"
 """Manage one's own account: profile, password, sessions, 2FA, API keys."""
 
@@ -23,6 +27,8 @@ PERMISSIONS: frozenset[str] = frozenset(
         "users:read",
         "users:write",
         "audit:read",
+        REGISTER,
+        AUDIT_WRITE,
         "admin",
     }
 )

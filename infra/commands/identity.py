@@ -120,6 +120,7 @@ async def _register_admin(
     from app.publisher import CommandPublisher
     from events.identity.commands import RegisterUser
     from events.ids import uuid7
+    from infra.actors import operator_signer
     from security.passwords import PasswordPolicyError, check_password_policy
 
     email = normalise_email(email)
@@ -152,6 +153,7 @@ async def _register_admin(
             settings.kafka_bootstrap,
             timeout_s=settings.publish_timeout_s,
             max_message_bytes=settings.kafka_max_message_bytes,
+            signer=operator_signer(settings),
         ) as publisher:
             envelope = await publisher.publish(command, actor="cli:create-admin")
         return user_id, str(envelope.message_id)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from infra.secrets import generate as generate_secrets
+from tests.conftest import TEST_SECRETS
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -184,9 +184,11 @@ class Services:
 
 
 @pytest.fixture(scope="session")
-def e2e_env(endpoints: Endpoints) -> dict[str, str]:
+def e2e_env(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of every e2e process: the session's services and quick group joins."""
     return {
+        # Where the dev notifier's outbox (reset and verification messages) lives.
+        "UAIT_DATA_DIR": str(tmp_path_factory.mktemp("uait-data")),
         **os.environ,
         "UAIT_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
         "UAIT_DATABASE_URL": endpoints.database_url,
@@ -195,10 +197,13 @@ def e2e_env(endpoints: Endpoints) -> dict[str, str]:
         # The suite sends far more than a client's share from one address; the rate-limit
         # tests run their own ingresses with limits and per-test client addresses.
         "UAIT_RATE_LIMIT_EXEMPT": "127.0.0.0/8,::1/128",
+        # The suite logs its admin in once per test that needs a fresh key: far over the
+        # login policy's 5 per 15 minutes. The throttling tests run their own ingresses.
+        "UAIT_RATE_LIMIT_POLICIES": '{"login": {"limit": 100000, "period_s": 900}}',
         "UAIT_WORKER_METRICS_PORT": str(free_port()),
         "UAIT_PROJECTIONS_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
-        **generate_secrets(),
+        **TEST_SECRETS,
         # Cheap argon2 for the suite's many logins; `uait bench auth` measures the defaults.
         "UAIT_ARGON2_MEMORY_KIB": "8192",
         "UAIT_ARGON2_TIME_COST": "1",
@@ -331,6 +336,29 @@ def api(services: Services) -> Iterator[httpx.Client]:
 def auth_headers(services: Services) -> dict[str, str]:
     """The admin API key header, for clients a test builds itself."""
     return services.headers
+
+
+def new_api_key(services: Services, scopes: tuple[str, ...] = ("admin",)) -> dict[str, str]:
+    """A fresh API key of the suite's admin: its own rate-limit bucket, for tests that count."""
+    with httpx.Client(base_url=services.base_url, timeout=30) as client:
+        login = client.post(
+            "/v1/auth/login",
+            json={"email": services.admin_email, "password": services.admin_password},
+        )
+        assert login.status_code == 200, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        created = client.post(
+            "/v1/api-keys",
+            json={"name": "test", "scopes": list(scopes)},
+            headers={**bearer, "Prefer": "wait=30"},
+        )
+        assert created.status_code == 201, created.text
+        headers = {"X-API-Key": created.json()["api_key"]}
+        deadline = time.monotonic() + 30
+        while client.get("/v1/me", headers=headers).status_code == 401:
+            assert time.monotonic() < deadline, "the new API key never became usable"
+            time.sleep(0.1)
+    return headers
 
 
 class IngressStarter:

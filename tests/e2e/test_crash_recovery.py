@@ -30,11 +30,13 @@ from events.envelope import dumps, wrap
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.topics import command_topic
+from infra.actors import operator_signer
 from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database, eventsourcing_env
 from projections.registry import all_projections
 from projections.runner import rebuild_into
+from tests.conftest import with_actor_keys
 from workers.eventstore import EventStore, open_factory
 from workers.subscriber import group_id
 
@@ -56,7 +58,7 @@ def crash_settings(
 ) -> Iterator[Settings]:
     dbname = f"uait_crash_{uuid.uuid4().hex[:8]}"
     database_url = create_database(endpoints.database_url, dbname)
-    base = Settings(database_url=database_url, redis_url=endpoints.redis_url)
+    base = with_actor_keys(Settings(database_url=database_url, redis_url=endpoints.redis_url))
     try:
         with EmbeddedStack(base, data_dir=tmp_path_factory.mktemp("crash-kafka")) as ep:
             s = base.model_copy(
@@ -78,6 +80,7 @@ def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[by
         "UAIT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "UAIT_DATABASE_URL": settings.database_url,
         "UAIT_REDIS_URL": settings.redis_url,
+        "UAIT_KEY_ENCRYPTION_KEYS": settings.key_encryption_keys.get_secret_value(),
         "UAIT_WORKER_SESSION_TIMEOUT_MS": str(settings.worker_session_timeout_ms),
         "UAIT_WORKER_BATCH_SIZE": str(settings.worker_batch_size),
         "UAIT_LOG_LEVEL": "WARNING",
@@ -91,9 +94,10 @@ def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[by
 class Traffic(threading.Thread):
     """Publishes a mixed workload at a steady pace and remembers every accepted command."""
 
-    def __init__(self, bootstrap: str, total: int, rate: float) -> None:
+    def __init__(self, settings: Settings, total: int, rate: float) -> None:
         super().__init__(daemon=True)
-        self.bootstrap, self.total, self.rate = bootstrap, total, rate
+        self.bootstrap, self.total, self.rate = settings.kafka_bootstrap, total, rate
+        self.signer = operator_signer(settings)
         self.accepted: list[uuid.UUID] = []
         self.error: BaseException | None = None
 
@@ -106,7 +110,7 @@ class Traffic(threading.Thread):
     async def _publish(self) -> None:
         rng = random.Random(7)
         docs = [f"crash-{i:05d}" for i in range(self.total // 3)]
-        async with CommandPublisher(self.bootstrap, timeout_s=10) as publisher:
+        async with CommandPublisher(self.bootstrap, timeout_s=10, signer=self.signer) as publisher:
             start = time.monotonic()
             for i in range(self.total):
                 delay = start + i / self.rate - time.monotonic()
@@ -125,7 +129,9 @@ class Traffic(threading.Thread):
                 else:
                     text = f"version {rng.randint(1, 3)} of {doc}: kafka crash safety"
                     command = IngestDocument(document_id=doc, title=doc, text=text)
-                envelope = wrap(command, actor="crash-test")
+                assert self.signer is not None
+                token = self.signer("crash-test", command)
+                envelope = wrap(command, actor="crash-test", actor_token=token)
                 copies = 2 if roll > 0.95 else 1  # duplicates on the topic are normal
                 for _ in range(copies):
                     await publisher.send_raw(
@@ -185,7 +191,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(crash_setti
     log = tmp_path / "processes.log"
     projections = spawn(s, ["projections", "run"], log)
     worker = spawn(s, ["worker"], log)
-    traffic = Traffic(s.kafka_bootstrap, total=4000, rate=400)
+    traffic = Traffic(s, total=4000, rate=400)
     traffic.start()
     kills = attempts = 0
     try:

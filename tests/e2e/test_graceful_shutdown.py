@@ -14,6 +14,7 @@ import pytest
 from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database
+from tests.conftest import with_actor_keys
 from tests.e2e.test_crash_recovery import Traffic, held_uncommitted, spawn, wait_until_busy
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.e2e
 def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     dbname = f"uait_term_{uuid.uuid4().hex[:8]}"
     database_url = create_database(endpoints.database_url, dbname)
-    base = Settings(database_url=database_url, redis_url=endpoints.redis_url)
+    base = with_actor_keys(Settings(database_url=database_url, redis_url=endpoints.redis_url))
     try:
         with EmbeddedStack(base, data_dir=tmp_path_factory.mktemp("term-kafka")) as ep:
             s = base.model_copy(
@@ -49,7 +50,7 @@ def test_sigterm_under_load_exits_cleanly_and_loses_nothing(settings: Settings, 
     log = tmp_path / "processes.log"
     projections = spawn(settings, ["projections", "run"], log)
     worker = spawn(settings, ["worker"], log)
-    traffic = Traffic(settings.kafka_bootstrap, total=3000, rate=600)
+    traffic = Traffic(settings, total=3000, rate=600)
     traffic.start()
     try:
         spawned = datetime.now(UTC)

@@ -108,12 +108,13 @@ def test_readiness_reports_each_dependency(api):
 
 
 def test_workers_can_be_paused_and_resumed_over_http(api):
-    assert api.get("/v1/admin/workers").json() == {"contexts": {"knowledge": "running"}}
+    running = {"knowledge": "running", "identity": "running"}
+    assert api.get("/v1/admin/workers").json() == {"contexts": running}
     paused = api.post("/v1/admin/workers/knowledge/pause")
     assert paused.status_code == 200
-    assert paused.json() == {"contexts": {"knowledge": "paused"}}
+    assert paused.json() == {"contexts": {**running, "knowledge": "paused"}}
     resumed = api.post("/v1/admin/workers/knowledge/resume")
-    assert resumed.json() == {"contexts": {"knowledge": "running"}}
+    assert resumed.json() == {"contexts": running}
     assert api.post("/v1/admin/workers/nope/pause").status_code == 404
     assert api.post("/v1/admin/workers/knowledge/explode").status_code == 422
 

@@ -108,7 +108,10 @@ def test_prometheus_scrapes_requests_consumption_and_lag(prometheus: str, api) -
     )
     assert float(consumed[0]["value"][1]) >= 1
     lag = eventually(prometheus, 'uait_kafka_consumer_lag{job="uait-worker"}')
-    assert {s["metric"]["topic"] for s in lag} == {"uait.commands.knowledge"}
+    assert {s["metric"]["topic"] for s in lag} == {
+        "uait.commands.knowledge",
+        "uait.commands.identity",
+    }
     assert all(float(s["value"][1]) >= 0 for s in lag)
     position = eventually(
         prometheus,

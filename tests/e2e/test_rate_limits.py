@@ -17,12 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import Settings
 from infra.stack import EmbeddedStack
+from tests.e2e.fixtures import new_api_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.e2e.fixtures import IngressStarter
+    from tests.e2e.fixtures import IngressStarter, Services
 
 pytestmark = pytest.mark.e2e
 
@@ -36,9 +37,11 @@ AUTH: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
-def _authenticated(auth_headers: dict[str, str]) -> None:
-    """Every request of these tests carries the suite's API key (limits apply before auth)."""
-    AUTH.update(auth_headers)
+def _authenticated(services: Services) -> None:
+    """Every request of a test carries an API key of its own: authenticated requests count
+    against their key, so each test starts with full buckets."""
+    AUTH.clear()
+    AUTH.update(new_api_key(services))
 
 
 def new_client_ip() -> str:
@@ -201,7 +204,7 @@ def test_with_redis_gone_reads_fail_open_and_closed_policies_refuse_with_503(
 
 
 def test_an_idempotent_replay_returns_the_first_answer_and_publishes_once(
-    start_ingress: IngressStarter,
+    start_ingress: IngressStarter, services: Services
 ) -> None:
     ingress = start_ingress(**BEHIND_PROXY)
     published = "uait_kafka_messages_published_total"
@@ -232,11 +235,15 @@ def test_an_idempotent_replay_returns_the_first_answer_and_publishes_once(
         )
         problem(other_path, 422)
 
-        # The key is the client's: another client with the same key is a request of its own.
+        # The key is the principal's: another API key with the same key is a request of its own.
         elsewhere = client.post(
             DOCUMENTS,
             json=doc,
-            headers={"Idempotency-Key": key, "X-Forwarded-For": new_client_ip(), **AUTH},
+            headers={
+                "Idempotency-Key": key,
+                "X-Forwarded-For": new_client_ip(),
+                **new_api_key(services),
+            },
         )
         assert elsewhere.status_code == 202
         assert elsewhere.json()["command_id"] != command_id

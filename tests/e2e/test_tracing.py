@@ -98,7 +98,12 @@ def test_one_request_is_one_trace_across_every_process(
                 trace_id = post[0]["context"]["trace_id"] if post else None
                 mine = [s for s in spans if s["context"]["trace_id"] == trace_id]
                 names = {s["name"] for s in mine}
-                if {"project knowledge.documents", "append knowledge_events"} <= names:
+                # The cache invalidation follows the documents projection: its span comes last.
+                if {
+                    "project knowledge.documents",
+                    "project knowledge.cache",
+                    "append knowledge_events",
+                } <= names:
                     break
                 assert time.monotonic() < deadline, f"incomplete trace: {sorted(names)}"
                 time.sleep(0.3)
@@ -108,13 +113,14 @@ def test_one_request_is_one_trace_across_every_process(
         drop_database(endpoints.database_url, dbname)
 
     by_name = {s["name"]: s for s in mine}
-    assert len(mine) == len(by_name) == 6, sorted(s["name"] for s in mine)
+    assert len(mine) == len(by_name) == 7, sorted(s["name"] for s in mine)
     server = by_name["POST /v1/knowledge/documents"]
     send = by_name["send uait.commands.knowledge"]
     process = by_name["process uait.commands.knowledge"]
     append = by_name["append knowledge_events"]
     projected = by_name["project knowledge.documents"]
     outcome = by_name["project knowledge.command_outcomes"]
+    invalidated = by_name["project knowledge.cache"]
 
     def span_id(s: dict[str, Any]) -> str:
         return str(s["context"]["span_id"])
@@ -125,6 +131,7 @@ def test_one_request_is_one_trace_across_every_process(
     assert append["parent_id"] == span_id(process)
     assert projected["parent_id"] == span_id(process)
     assert outcome["parent_id"] == span_id(process)
+    assert invalidated["parent_id"] == span_id(process)
     assert [link["context"]["span_id"] for link in process["links"]] == [span_id(send)]
     services = {s["resource"]["attributes"]["service.name"] for s in mine}
     assert services == {"uait-ingress", "uait-worker", "uait-projections"}

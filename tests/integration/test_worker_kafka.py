@@ -15,9 +15,11 @@ from events.ids import command_aggregate_id, document_aggregate_id
 from events.knowledge.commands import IngestDocument
 from events.outcomes import CommandRejected, CommandSucceeded
 from events.topics import command_topic
+from infra.actors import operator_signer
 from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
+from tests.conftest import with_actor_keys
 from workers.main import build_worker
 from workers.subscriber import group_id
 
@@ -33,7 +35,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A private broker for this module, so no other test's consumer joins our group."""
-    base = Settings(database_url=endpoints.database_url, redis_url=endpoints.redis_url)
+    base = with_actor_keys(
+        Settings(database_url=endpoints.database_url, redis_url=endpoints.redis_url)
+    )
     with EmbeddedStack(base, data_dir=tmp_path_factory.mktemp("kafka")) as ep:
         s = base.model_copy(
             update={
@@ -63,7 +67,7 @@ async def worker(settings: Settings) -> AsyncIterator[Worker]:
 
 @pytest.fixture(scope="module")
 async def publisher(settings: Settings) -> AsyncIterator[CommandPublisher]:
-    async with CommandPublisher(settings.kafka_bootstrap) as p:
+    async with CommandPublisher(settings.kafka_bootstrap, signer=operator_signer(settings)) as p:
         yield p
 
 
@@ -94,7 +98,8 @@ async def test_published_commands_get_exactly_one_outcome_each(worker, publisher
 
 async def test_the_same_command_published_twice_takes_effect_once(worker, publisher):
     command = ingest()
-    envelope = wrap(command, actor="t")
+    assert publisher.signer is not None
+    envelope = wrap(command, actor="t", actor_token=publisher.signer("t", command))
     topic = command_topic("knowledge")
     for _ in range(2):
         await publisher.send_raw(

@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 from app.publisher import CommandPublisher
 from events.ids import command_aggregate_id
 from events.knowledge.commands import IngestDocument
+from infra.actors import operator_signer
 from infra.cli import app as cli
 from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
+from tests.conftest import with_actor_keys
 from workers.control import PauseControl
 from workers.main import build_worker
 
@@ -27,7 +29,9 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_paused_context_holds_its_commands_until_resumed(endpoints: Endpoints, tmp_path):
-    base = Settings(database_url=endpoints.database_url, worker_session_timeout_ms=3000)
+    base = with_actor_keys(
+        Settings(database_url=endpoints.database_url, worker_session_timeout_ms=3000)
+    )
     with EmbeddedStack(base, data_dir=tmp_path) as ep:  # private Kafka and Redis
         settings = base.model_copy(
             update={"kafka_bootstrap": ep.kafka_bootstrap, "redis_url": ep.redis_url}
@@ -46,7 +50,8 @@ async def test_a_paused_context_holds_its_commands_until_resumed(endpoints: Endp
         store = worker.stores["knowledge"]
         env = {"UAIT_REDIS_URL": ep.redis_url}
         try:
-            async with CommandPublisher(ep.kafka_bootstrap) as publisher:
+            signer = await asyncio.to_thread(operator_signer, settings)
+            async with CommandPublisher(ep.kafka_bootstrap, signer=signer) as publisher:
 
                 async def decided(envelope, timeout: float) -> bool:
                     outcome = command_aggregate_id(envelope.message_id)

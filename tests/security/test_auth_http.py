@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -590,3 +591,217 @@ def test_auth_events_reach_the_audit_log(user: User, api):
         return {i["action"] for i in items}
 
     assert eventually(lambda: {"user.registered", "login.ok", "login.failed"} <= actions())
+
+
+# -- one-time tokens, and secrets nowhere they should not be ------------------------------------
+
+
+def outbox_messages(services: Services, to: str) -> list[dict[str, Any]]:
+    folder = Path(services.env["UAIT_DATA_DIR"]) / "outbox"
+    found = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [m for m in found if m["to"] == to]
+
+
+def token_in(message: dict[str, Any]) -> str:
+    return str(message["body"].rsplit(" ", 1)[-1])
+
+
+def test_a_password_reset_token_works_once_and_ends_every_session(user: User, services: Services):
+    with user.client() as c:
+        assert c.post("/v1/auth/password-reset", json={"email": user.email}).status_code == 202
+        message = eventually(
+            lambda: [m for m in outbox_messages(services, user.email) if "Reset" in m["subject"]]
+        )[-1]
+        token = token_in(message)
+        new_password = f"reset to {uuid.uuid4().hex[:8]}"
+        body = {"token": token, "new_password": new_password}
+        assert c.post("/v1/auth/password-reset/confirm", json=body).status_code == 204
+        assert c.post("/v1/auth/password-reset/confirm", json=body).status_code == 400
+    assert status(services.base_url, "GET", "/v1/me", headers=user.bearer) == 401
+    user.password = new_password
+    assert user.login()
+
+
+def test_the_email_verification_token_verifies_the_email_once(services: Services):
+    u = User(services.base_url)
+    u.register()
+    u.login()
+    message = eventually(
+        lambda: [m for m in outbox_messages(services, u.email) if "Verify" in m["subject"]]
+    )[-1]
+    with u.client() as c:
+        body = {"token": token_in(message)}
+        assert c.post("/v1/auth/verify-email", json=body).status_code == 202
+        assert c.post("/v1/auth/verify-email", json=body).status_code == 400
+        assert eventually(lambda: c.get("/v1/me", headers=u.bearer).json()["email_verified"])
+
+
+async def _all_messages(bootstrap: str, topics: list[str]) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = []
+        for topic in topics:
+            numbers = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+            parts += [TopicPartition(topic, n) for n in numbers]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        values: list[bytes] = []
+        while True:
+            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if not behind:
+                return values
+            batch = await consumer.getmany(timeout_ms=500)
+            values += [r.value or b"" for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+def test_no_password_token_or_secret_reaches_logs_kafka_or_the_event_store(services: Services, api):
+    import asyncio
+
+    import psycopg
+
+    u = User(services.base_url)
+    u.register()
+    tokens = u.login()
+    user_id = u.user_id
+    secrets_seen = [u.password, tokens["access_token"], tokens["refresh_token"]]
+    totp, codes = enable_totp(u)
+    secrets_seen += [totp.secret, *codes]
+    key = make_key(u, ["knowledge:read", "account:self"])
+    secrets_seen.append(key["api_key"].rsplit("_", 1)[-1])
+    with u.client() as c:
+        mfa = c.post("/v1/auth/login", json={"email": u.email, "password": u.password}).json()
+        secrets_seen.append(mfa["mfa_token"])
+        second = c.post(
+            "/v1/auth/login/2fa",
+            json={"mfa_token": mfa["mfa_token"], "code": next_step_code(totp)},
+        ).json()
+        secrets_seen += [second["access_token"], second["refresh_token"]]
+        refreshed = c.post("/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+        secrets_seen += [refreshed.json()["access_token"], refreshed.json()["refresh_token"]]
+        new_password = f"changed {uuid.uuid4().hex[:8]}"
+        c.post(
+            "/v1/me/password",
+            json={"current_password": u.password, "new_password": new_password},
+            headers={"Authorization": f"Bearer {refreshed.json()['access_token']}"},
+        )
+        secrets_seen.append(new_password)
+    # Wait until the audit entries of the scenario are in the store, so everything was written.
+    assert eventually(
+        lambda: (
+            "user.password_changed"
+            in {
+                i["action"]
+                for i in api.get("/v1/audit", params={"subject": user_id}).json()["items"]
+            }
+        )
+    )
+    logs = "\n".join(p.read_text(errors="replace") for p in services.log_dir.glob("*.log"))
+    kafka = asyncio.run(
+        _all_messages(
+            services.env["UAIT_KAFKA_BOOTSTRAP"],
+            ["uait.commands.identity", "uait.commands.knowledge"],
+        )
+    )
+    with psycopg.connect(services.env["UAIT_DATABASE_URL"]) as conn:
+        stored = [bytes(r[0]) for r in conn.execute("SELECT state FROM identity_events")]
+    assert kafka
+    assert stored
+    haystacks = {"logs": logs.encode(), "kafka": b"\n".join(kafka), "store": b"\n".join(stored)}
+    for secret in secrets_seen:
+        assert len(secret) >= 8
+        for where, text in haystacks.items():
+            assert secret.encode() not in text, f"a secret reached the {where}"
+    # Personal data is sealed too: the email never appears in clear.
+    for where, text in haystacks.items():
+        if where != "logs":
+            assert u.email.encode() not in text, f"the email reached the {where}"
+
+
+def test_an_outside_producer_acts_only_as_its_api_key_with_its_scopes(services: Services):
+    import asyncio
+
+    from app.publisher import CommandPublisher
+    from events.envelope import dumps, wrap
+    from events.identity.commands import AssignRole
+    from events.knowledge.commands import IngestDocument
+    from events.topics import command_topic
+
+    u = User(services.base_url)
+    u.register()
+    u.login()
+    key = make_key(u, ["knowledge:write", "knowledge:read", "account:self"])
+    with httpx.Client(base_url=services.base_url, timeout=30) as c:
+        issued = c.post("/v1/auth/actor-token", headers={"X-API-Key": key["api_key"]}).json()
+    assert issued["actor"].endswith(f"/key:{key['key_id']}")
+    doc = IngestDocument(document_id=f"outside-{uuid.uuid4().hex[:8]}", title="T", text="mine")
+    promote = AssignRole(user_id=issued["actor"][5:].split("/")[0], role="admin")
+
+    async def produce() -> list[str]:
+        ids = []
+        async with CommandPublisher(services.env["UAIT_KAFKA_BOOTSTRAP"]) as p:
+            for command in (doc, promote):
+                envelope = wrap(command, actor=issued["actor"], actor_token=issued["actor_token"])
+                await p.send_raw(
+                    command_topic(command.CONTEXT),
+                    dumps(envelope),
+                    command.partition_key().encode(),
+                )
+                ids.append(str(envelope.message_id))
+        return ids
+
+    doc_id, promote_id = asyncio.run(produce())
+    with httpx.Client(base_url=services.base_url, timeout=30, headers=services.headers) as c:
+        done = eventually(
+            lambda: c.get(f"/v1/commands/{doc_id}").json().get("status") == "succeeded"
+        )
+        assert done
+        refused = eventually(
+            lambda: (
+                (r := c.get(f"/v1/commands/{promote_id}").json()).get("status") == "rejected" and r
+            )
+        )
+    assert refused["code"] == "unauthorized"
+    assert "users:write" in refused["reason"]
+    assert status(services.base_url, "GET", "/v1/me", headers=u.bearer) == 200
+    with u.client(**u.bearer) as c:
+        assert c.get("/v1/me").json()["roles"] == ["user"]
+
+
+def test_private_metrics_need_an_admin(services: Services, start_ingress: IngressStarter):
+    base = start_ingress(UAIT_METRICS_PUBLIC="false").base_url
+    u = User(base)
+    u.register()
+    u.login()
+    assert status(base, "GET", "/metrics") == 401
+    assert status(base, "GET", "/metrics", headers=u.bearer) == 403
+    assert status(base, "GET", "/metrics", headers=services.headers) == 200
+    assert status(services.base_url, "GET", "/metrics") == 200  # public by default
+
+
+def test_an_idempotency_key_belongs_to_its_principal(services: Services):
+    alice, bob = User(services.base_url), User(services.base_url)
+    for u in (alice, bob):
+        u.register()
+        u.login()
+    key = f"same-{uuid.uuid4().hex[:8]}"
+    doc = {"title": "Mine", "text": "one effect per principal"}
+    answers = []
+    for u in (alice, bob, alice):
+        with u.client(**u.bearer, **{"Idempotency-Key": key}) as c:
+            answers.append(c.post("/v1/knowledge/documents", json=doc))
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    first, other, replay = (a.json()["command_id"] for a in answers)
+    assert replay == first  # alice's retry replays her answer
+    assert other != first  # bob's request with the same key is his own
+    assert answers[2].headers["idempotent-replayed"] == "true"

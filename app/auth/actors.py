@@ -1,0 +1,32 @@
+"""The ingress signs each command it publishes with an actor token (see security.actors).
+
+The token carries the scope the command needs (the ingress has already authorised it) and the
+caller's own permissions, so a worker can tell an admin acting on another user from a user
+acting on themselves. Tokens are reused per (actor, scopes) while fresh.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from events.identity.scopes import required_scope
+
+if TYPE_CHECKING:
+    from app.auth.principal import Principal
+    from events.base import Command
+    from security.actors import ActorIssuer
+
+current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
+
+
+class IngressSigner:
+    def __init__(self, issuer: ActorIssuer) -> None:
+        self.issuer = issuer
+
+    def __call__(self, actor: str, command: Command) -> str:
+        scopes = {required_scope(command)}
+        principal = current_principal.get()
+        if principal is not None and principal.actor == actor:
+            scopes |= principal.permissions
+        return self.issuer.issue(actor, frozenset(scopes))
