@@ -71,9 +71,9 @@ class Arrivals:
             return self.seen[name][-1][0] if self.seen[name] else 0
 
     def arrival(self, name: str, position: int) -> float | None:
-        """When the first commit at or past ``position`` was seen."""
+        """When the first commit at or past ``position`` was seen (after the run)."""
         commits = self.seen[name]
-        i = bisect.bisect_left([p for p, _ in commits], position)
+        i = bisect.bisect_left(commits, position, key=lambda c: c[0])
         return commits[i][1] if i < len(commits) else None
 
 
