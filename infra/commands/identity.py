@@ -203,9 +203,7 @@ def secrets_rewrap() -> None:
         total = {"signing_keys": rewrap_signing_keys(conn, keyring)}
         with Progress(console=console) as progress:
             for table, id_column, column, aad in WRAPPED:
-                rows = conn.execute(
-                    f"SELECT {id_column}, {column} FROM {table}"
-                ).fetchall()
+                rows = conn.execute(f"SELECT {id_column}, {column} FROM {table}").fetchall()
                 task = progress.add_task(table, total=len(rows))
                 changed = 0
                 for ident, blob in rows:
