@@ -177,3 +177,46 @@ def _wait_outcome(database_url: str, command_id: str, wait_s: float) -> tuple[st
                 return str(row[0]), str(row[1])
             time.sleep(0.2)
     return None
+
+
+# Tables holding blobs wrapped by the key-encryption key, and how each blob's aad is made.
+WRAPPED: tuple[tuple[str, str, str, str], ...] = (
+    ("user_data_keys", "user_id", "wrapped_key", "{}"),
+    ("totp_credentials", "user_id", "secret_sealed", "totp:{}"),
+)
+
+
+@secrets_app.command("rewrap")
+def secrets_rewrap() -> None:
+    """After putting a new key first in UAIT_KEY_ENCRYPTION_KEYS: re-encrypt everything wrapped
+    by an older one (signing keys, users' data keys, TOTP secrets); then the old key can go."""
+    from rich.progress import Progress
+
+    from infra.migrate import migrate
+    from security.keyring import Keyring
+    from security.keystore import rewrap_signing_keys
+
+    settings = _settings()
+    migrate(settings.database_url)
+    keyring = Keyring.from_setting(settings.key_encryption_keys.get_secret_value())
+    with psycopg.connect(settings.database_url) as conn:
+        total = {"signing_keys": rewrap_signing_keys(conn, keyring)}
+        with Progress(console=console) as progress:
+            for table, id_column, column, aad in WRAPPED:
+                rows = conn.execute(f"SELECT {id_column}, {column} FROM {table}").fetchall()
+                task = progress.add_task(table, total=len(rows))
+                changed = 0
+                for ident, blob in rows:
+                    if keyring.kid_of(bytes(blob)) != keyring.current_kid:
+                        new = keyring.rewrap(bytes(blob), aad=aad.format(ident).encode())
+                        with conn.transaction():
+                            conn.execute(
+                                f"UPDATE {table} SET {column} = %s"
+                                f" WHERE {id_column} = %s AND {column} = %s",
+                                (new, ident, blob),
+                            )
+                        changed += 1
+                    progress.advance(task)
+                total[table] = changed
+    for table, changed in total.items():
+        console.print(f"{table}: {changed} re-encrypted under {keyring.current_kid}")
