@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from events.envelope import Envelope, dumps, wrap
 from events.topics import command_topic
 from telemetry.metrics import MESSAGES_PUBLISHED, PUBLISH_DURATION
-from telemetry.tracing import current_traceparent, extract, tracer
+from telemetry.tracing import current_traceparent, extract, tracer, tracing_enabled
 
 if TYPE_CHECKING:
     import uuid
@@ -136,17 +136,22 @@ class CommandPublisher:
         """
         topic = command_topic(command.CONTEXT)
         parent = extract({"traceparent": traceparent}) if traceparent else None
-        with tracer().start_as_current_span(
-            f"send {topic}",
-            context=parent,
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
-                "messaging.kafka.message.key": command.partition_key(),
-            },
-        ) as span:
+        spans: contextlib.AbstractContextManager[Span] = (
+            tracer().start_as_current_span(
+                f"send {topic}",
+                context=parent,
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": topic,
+                    "messaging.kafka.message.key": command.partition_key(),
+                },
+            )
+            if tracing_enabled()
+            else contextlib.nullcontext(INVALID_SPAN)  # no exporter: skip the span's cost
+        )
+        with spans as span:
             envelope = wrap(
                 command,
                 actor=actor,

@@ -183,8 +183,9 @@ def main(*, events_count: int, sample: int, batch_size: int) -> None:
                 assert result is not None
                 console.print(
                     f"framework: {result.events:,} events in {result.seconds:.1f} s = "
-                    f"[bold]{result.rate:,.0f} events/s[/bold] (batch {batch_size}, COPY for "
-                    "chunks, indexes built after the load, blue/green swap included)"
+                    f"[bold]{result.rate:,.0f} events/s[/bold] (pages of {batch_size} read "
+                    "while the last is staged by COPY into UNLOGGED tables; live tables, search "
+                    "vectors and index built once at the end; blue/green swap included)"
                 )
                 plain = plain_rate(store, es_env, min(sample, total))
                 console.print(

@@ -302,17 +302,31 @@ def projections_retry(name: str) -> None:
 @projections_app.command("rebuild")
 def projections_rebuild(
     name: str,
-    from_position: Annotated[int, typer.Option(min=0, help="start of the replay")] = 0,
+    from_position: Annotated[
+        int, typer.Option(min=0, help="replay the events after this position")
+    ] = 0,
+    from_time: Annotated[
+        datetime | None,
+        typer.Option(help="replay the events committed at or after this time (ISO, with zone)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 10_000,
 ) -> None:
     """Blue/green rebuild: new tables built aside while the live ones serve, then one swap."""
     from projections.rebuild import Rebuilder
+    from projections.replay import first_position_since
 
     _logging("WARNING", fmt="text")
+    if from_time is not None and from_time.tzinfo is None:
+        console.print("[red]times need a time zone, e.g. 2026-11-25T10:00:00Z[/red]")
+        raise typer.Exit(2)
     runner, factories = _one_runner(name, setup=True)
     rebuilder = Rebuilder(
         runner.projection, runner.recorder, runner.tracking, batch_size=batch_size
     )
+    if from_time is not None:
+        # The commit-time index: events committed at or after the time, exactly.
+        first = first_position_since(runner.datastore, runner.projection.context, from_time)
+        from_position = max(from_position, first - 1 if first is not None else rebuilder.head())
     interrupted = False
 
     def on_interrupt(*_: object) -> None:
@@ -721,6 +735,19 @@ def bench_rebuild(
 
     _logging("WARNING", fmt="text")
     run_bench(events_count=count, sample=sample, batch_size=batch_size)
+
+
+@bench_app.command("lag")
+def bench_lag(
+    rate: Annotated[int, typer.Option(min=1, help="events appended per second")] = 500,
+    seconds: Annotated[float, typer.Option(min=1, help="length of the paced run")] = 30,
+    per_append: Annotated[int, typer.Option(min=1, help="events per append")] = 5,
+) -> None:
+    """p50/p99 time from an event's commit to its read-model row, at a paced rate."""
+    from bench.lag import main as run_bench
+
+    _logging("WARNING", fmt="text")
+    run_bench(rate=rate, seconds=seconds, per_append=per_append)
 
 
 def main() -> None:

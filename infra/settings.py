@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     projections_rebuild_on_start: bool = Field(
         default=True,
         description="rebuild blue/green at start when a projection's code version changed",
+    )
+
+    # Aggregate snapshots: type name -> a snapshot every N events (types not named: none)
+    snapshot_every: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: {"Document": 50}
     )
 
     # Metric history for the API: Prometheus' HTTP API (empty = not available)

@@ -6,6 +6,7 @@ Outcomes come from events (this projection). In-flight state and attempts are op
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from events.outcomes import CommandRejected, CommandSucceeded
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from projections.base import Envelope
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS {table} (
+CREATE {unlogged} TABLE IF NOT EXISTS {table} (
     command_id   uuid PRIMARY KEY,
     context      text NOT NULL,
     command_type text NOT NULL,
@@ -33,6 +34,23 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
+# Binary COPY with declared types: a third of the cost of text COPY per row.
+TYPES = (
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "uuid",
+    "text",
+    "int8",
+    "timestamptz",
+)
+
+
 class CommandOutcomesProjection:
     """The knowledge context's outcomes; every context has its own table (positions are per
     context), and the query side reads them together (``OUTCOME_TABLES``)."""
@@ -43,11 +61,17 @@ class CommandOutcomesProjection:
     tables: ClassVar[tuple[str, ...]] = ("command_outcomes",)
     topics: ClassVar[frozenset[str]] = frozenset({CommandSucceeded.TYPE, CommandRejected.TYPE})
 
-    def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
-        cur.execute(SCHEMA.format(table=self.tables[0]))
+    def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None:
+        cur.execute(SCHEMA.format(unlogged="UNLOGGED" if bulk else "", table=self.tables[0]))
 
     def create_indexes(self, cur: Cursor[Any]) -> None:
         return None
+
+    def stage(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
+        self.apply(cur, batch)
+
+    def seal(self, cur: Cursor[Any]) -> None:
+        cur.execute(f"ALTER TABLE {self.tables[0]} SET LOGGED")
 
     def apply(self, cur: Cursor[Any], batch: list[Envelope]) -> None:
         rows = []
@@ -67,7 +91,7 @@ class CommandOutcomesProjection:
                 continue
             rows.append(
                 (
-                    ev.command_id,
+                    uuid.UUID(ev.command_id),
                     self.context,
                     ev.command_type,
                     status,
@@ -75,7 +99,7 @@ class CommandOutcomesProjection:
                     reason,
                     detail,
                     agg,
-                    env.meta.get("correlation_id"),
+                    _uuid_or_none(env.meta.get("correlation_id")),
                     env.meta.get("actor"),
                     env.position,
                     env.occurred_at,
@@ -87,8 +111,10 @@ class CommandOutcomesProjection:
             # projection rather than be skipped.
             with cur.copy(
                 f"COPY {self.tables[0]} (command_id, context, command_type, status, code, reason,"
-                " detail, aggregate_id, correlation_id, actor, position, recorded_at) FROM STDIN"
+                " detail, aggregate_id, correlation_id, actor, position, recorded_at)"
+                " FROM STDIN (FORMAT BINARY)"
             ) as copy:
+                copy.set_types(TYPES)
                 for row in rows:
                     copy.write_row(row)
 
@@ -103,3 +129,7 @@ OUTCOME_TABLES: tuple[str, ...] = (
     CommandOutcomesProjection.tables[0],
     IdentityCommandOutcomesProjection.tables[0],
 )
+
+
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    return uuid.UUID(value) if value else None

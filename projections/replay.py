@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from datetime import datetime
 
+    from eventsourcing.postgres import PostgresDatastore
+
     from projections.relay import BlockingProducer
     from workers.eventstore import EventStore
 
@@ -27,6 +29,13 @@ FIRST_POSITION_SINCE = (
     "SELECT min(first_position) AS p FROM event_commit_times"
     " WHERE context = %s AND committed_at >= %s"
 )
+
+
+def first_position_since(datastore: PostgresDatastore, context: str, since: datetime) -> int | None:
+    """The position of the first event of ``context`` committed at or after ``since``."""
+    with datastore.get_connection() as conn:
+        row = conn.execute(FIRST_POSITION_SINCE, (context, since)).fetchone()
+    return row["p"] if row else None
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,10 @@ def window(
     """The positions selected by inclusive starts and exclusive ends (position or time)."""
     after = (from_position - 1) if from_position else 0
     until = store.head()
+    if from_time is not None:
+        first = first_position_since(store.datastore, store.context, from_time)
+        after = max(after, (first - 1) if first is not None else until)
     with store.datastore.get_connection() as conn:
-        if from_time is not None:
-            row = conn.execute(FIRST_POSITION_SINCE, (store.context, from_time)).fetchone()
-            first = row["p"] if row else None
-            after = max(after, (first - 1) if first is not None else until)
         if to_time is not None:
             row = conn.execute(
                 "SELECT max(last_position) AS p FROM event_commit_times"

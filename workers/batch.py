@@ -41,12 +41,13 @@ from events.stored import EventMeta, encode_state
 from infra.settings import JobPolicy
 from security.actors import ActorRejectedError
 from telemetry import logs
-from workers import jobs
+from workers import jobs, snapshots
 from workers.aggregate import Aggregate, DomainRuleError
 from workers.parking import Queues
+from workers.snapshots import Stream
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from workers.eventstore import EventStore
     from workers.parking import Parking
@@ -207,7 +208,7 @@ class _StreamCache:
     decision first touched it, so ``recorded`` and ``rollback`` cost only what it touched.
     """
 
-    def __init__(self, histories: dict[uuid.UUID, list[Event]]) -> None:
+    def __init__(self, histories: Mapping[uuid.UUID, Stream]) -> None:
         self._histories = histories
         self._loaded: dict[uuid.UUID, Aggregate] = {}
         self._marks: dict[uuid.UUID, int] = {}
@@ -218,7 +219,7 @@ class _StreamCache:
     def get(self, aggregate_id: uuid.UUID, cls: type[AggregateT]) -> AggregateT:
         aggregate = self._loaded.get(aggregate_id)
         if aggregate is None:
-            aggregate = cls.replay(aggregate_id, self._histories.get(aggregate_id, ()))
+            aggregate = self._history(aggregate_id).replay(aggregate_id, cls)
             self._loaded[aggregate_id] = aggregate
         assert isinstance(aggregate, cls)
         self._marks.setdefault(aggregate_id, len(aggregate.pending))
@@ -238,10 +239,23 @@ class _StreamCache:
             aggregate = self._loaded[aggregate_id]
             if len(aggregate.pending) == keep:
                 continue
-            fresh = type(aggregate).replay(aggregate_id, self._histories.get(aggregate_id, ()))
+            fresh = self._history(aggregate_id).replay(aggregate_id, type(aggregate))
             for _, event in aggregate.pending[:keep]:
                 fresh.record(event)
             self._loaded[aggregate_id] = fresh
+
+    def _history(self, aggregate_id: uuid.UUID) -> Stream:
+        return self._histories.get(aggregate_id) or Stream()
+
+    def snapshots_due(self, every: Mapping[str, int]) -> list[StoredEvent]:
+        """Snapshots of the aggregates this batch carries across a multiple of their interval."""
+        if not every:
+            return []
+        return [
+            snapshots.encode(a)
+            for a in self._loaded.values()
+            if snapshots.due(a, len(a.pending), every)
+        ]
 
 
 class BatchProcessor:
@@ -358,7 +372,7 @@ class BatchProcessor:
             report.count(outcome_ids[oid], "duplicate")
             self._release(outcome_ids[oid], queues, report)
         stream_ids = {sid for i in fresh if i.command for sid in self.decider.stream_ids(i.command)}
-        streams = _StreamCache(self.store.load_streams(sorted(stream_ids)))
+        streams = _StreamCache(self.store.load_latest(sorted(stream_ids)))
         now = self.clock()
         stored: list[StoredEvent] = []
         for item in fresh:
@@ -384,10 +398,15 @@ class BatchProcessor:
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
         if stored:
             started = time.time_ns()
-            self.store.append(stored)
+            due = streams.snapshots_due(self.store.snapshot_every)
+            if due:
+                self.store.append(stored, due)
+            else:
+                self.store.append(stored)
             ended = time.time_ns()
             for item in fresh:
-                report.appends[item.command_id] = (started, ended)
+                if item.command_id in report.outcomes:  # not the deferred ones
+                    report.appends[item.command_id] = (started, ended)
         report.appended_events = len(stored)
         return report
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError
 from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresFactory,
     PostgresTrackingRecorder,
@@ -22,10 +23,12 @@ from psycopg.sql import SQL, Identifier
 
 from events.stored import decode
 from telemetry.metrics import APPEND_DURATION, APPEND_EVENTS, EVENTS_APPENDED
+from workers import snapshots
+from workers.snapshots import Stream
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresDatastore
@@ -67,6 +70,10 @@ def _create_tables(factory: PostgresFactory, context: str) -> None:
             PostgresTrackingRecorder(
                 datastore, tracking_table_name=f"{context}_tracking"
             ).create_table()
+            # The library's snapshot store: its own table, never read as events.
+            PostgresAggregateRecorder(
+                datastore, events_table_name=f"{context}_snapshots"
+            ).create_table()
         finally:
             lock.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
@@ -93,6 +100,7 @@ class BatchRecorder(PostgresApplicationRecorder):
         *,
         events_table_name: str,
         commit_times_context: str | None = None,
+        snapshots_table_name: str | None = None,
         statement_timeout_ms: int | None = None,
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
@@ -103,17 +111,27 @@ class BatchRecorder(PostgresApplicationRecorder):
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(Identifier(datastore.schema), Identifier(events_table_name))
+        self._insert_snapshots = (
+            SQL(
+                "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
+            ).format(Identifier(datastore.schema), Identifier(snapshots_table_name))
+            if snapshots_table_name
+            else None
+        )
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+    def insert_events(
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        snapshots: Sequence[StoredEvent] = (),
+        **kwargs: Any,
+    ) -> list[int]:
+        """Append events, and the snapshots they make due, in one transaction."""
         if not stored_events:
             return []
-        columns = (
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-        )
+        columns = _columns(stored_events)
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             if self.statement_timeout_ms is not None:
                 # Local to this transaction: the connection goes back to the pool unchanged.
@@ -133,27 +151,60 @@ class BatchRecorder(PostgresApplicationRecorder):
                     " VALUES (%s, %s, %s, clock_timestamp())",
                     (self.commit_times_context, min(ids), max(ids)),
                 )
+            if snapshots:
+                if self._insert_snapshots is None:
+                    raise ValueError("this recorder has no snapshot table")
+                curs.execute(self._insert_snapshots, _columns(snapshots))
             return ids
+
+
+def _columns(stored: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
+    return (
+        [e.originator_id for e in stored],
+        [e.originator_version for e in stored],
+        [e.topic for e in stored],
+        [e.state for e in stored],
+    )
 
 
 class EventStore:
     """Append and load events of one context."""
 
     def __init__(
-        self, context: str, factory: PostgresFactory, *, statement_timeout_ms: int | None = None
+        self,
+        context: str,
+        factory: PostgresFactory,
+        *,
+        snapshot_every: Mapping[str, int] | None = None,
+        statement_timeout_ms: int | None = None,
     ) -> None:
         self.context = context
         self.factory = factory
+        self.snapshot_every = snapshots.check_intervals(snapshot_every or {})
+        """Aggregate type name -> take a snapshot every N events (none when absent)."""
+        self.snapshots_table = f"{context}_snapshots"
         self.recorder = BatchRecorder(
             factory.datastore,
             events_table_name=f"{context}_events",
             commit_times_context=context if _has_commit_times(factory.datastore) else None,
+            snapshots_table_name=self.snapshots_table,
             statement_timeout_ms=statement_timeout_ms,
         )
         self.table = self.recorder.events_table_name
         self._select_streams = SQL(
             "SELECT originator_id, originator_version, topic, state FROM {} "
             "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(Identifier(self.table))
+        self._select_snapshots = SQL(
+            "SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state"
+            " FROM {} WHERE originator_id = ANY(%s)"
+            " ORDER BY originator_id, originator_version DESC"
+        ).format(Identifier(self.snapshots_table))
+        self._select_after = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state"
+            " FROM unnest(%s::uuid[], %s::bigint[]) AS s(id, after)"
+            " JOIN {} e ON e.originator_id = s.id AND e.originator_version > s.after"
+            " ORDER BY e.originator_id, e.originator_version"
         ).format(Identifier(self.table))
         self._select_existing = SQL(
             "SELECT originator_id FROM {} WHERE originator_id = ANY(%s) AND originator_version = 1"
@@ -163,21 +214,23 @@ class EventStore:
     def datastore(self) -> PostgresDatastore:
         return self.factory.datastore
 
-    def append(self, stored_events: Sequence[StoredEvent]) -> list[int]:
-        """Insert in ONE transaction; returns the notification ids (positions).
+    def append(
+        self, stored_events: Sequence[StoredEvent], snapshots: Sequence[StoredEvent] = ()
+    ) -> list[int]:
+        """Insert in ONE transaction (with the snapshots given); returns the positions.
 
         Raises the library's IntegrityError when any (aggregate id, version) already exists —
         a concurrent writer, or a command whose outcome is already recorded.
         """
         started = time.perf_counter()
-        ids = self.recorder.insert_events(stored_events)
+        ids = self.recorder.insert_events(stored_events, snapshots=snapshots)
         APPEND_DURATION.labels(self.context).observe(time.perf_counter() - started)
         APPEND_EVENTS.labels(self.context).observe(len(stored_events))
         EVENTS_APPENDED.labels(self.context).inc(len(stored_events))
         return list(ids or [])
 
     def load_streams(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Event]]:
-        """The decoded events of many aggregates, in one query."""
+        """The full decoded histories of many aggregates, in one query."""
         streams: dict[uuid.UUID, list[Event]] = defaultdict(list)
         if not ids:
             return streams
@@ -185,6 +238,33 @@ class EventStore:
             cur.execute(self._select_streams, (list(ids),), prepare=True)
             for row in cur.fetchall():
                 streams[row["originator_id"]].append(
+                    decode(row["topic"], bytes(row["state"])).event
+                )
+        return streams
+
+    def load_latest(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stream]:
+        """What deciding needs: each aggregate's latest usable snapshot and the events after it.
+
+        Without snapshotting, the full histories in one query; with it, one query for the
+        snapshots and one for the events after each (all of them when there is none).
+        """
+        if not self.snapshot_every:
+            return {i: Stream(events=events) for i, events in self.load_streams(ids).items()}
+        streams: dict[uuid.UUID, Stream] = {i: Stream() for i in ids}
+        if not ids:
+            return streams
+        with self.datastore.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(self._select_snapshots, (list(ids),), prepare=True)
+            for row in cur.fetchall():
+                snapshot = snapshots.decode(
+                    row["topic"], row["originator_version"], bytes(row["state"])
+                )
+                if snapshot is not None:
+                    streams[row["originator_id"]].snapshot = snapshot
+            after = [s.version if (s := streams[i].snapshot) else 0 for i in streams]
+            cur.execute(self._select_after, (list(streams), after), prepare=True)
+            for row in cur.fetchall():
+                streams[row["originator_id"]].events.append(
                     decode(row["topic"], bytes(row["state"])).event
                 )
         return streams

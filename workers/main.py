@@ -78,6 +78,7 @@ def build_worker(
         store = EventStore(
             context,
             open_factory(context, es_env),
+            snapshot_every=settings.snapshot_every,
             statement_timeout_ms=settings.append_statement_timeout_ms,
         )
         stores[context] = store

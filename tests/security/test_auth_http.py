@@ -591,6 +591,21 @@ def test_auth_events_reach_the_audit_log(user: User, api):
         return {i["action"] for i in items}
 
     assert eventually(lambda: {"user.registered", "login.ok", "login.failed"} <= actions())
+    failed = api.get("/v1/audit", params={"subject": user_id, "action": "login.failed"}).json()
+    assert [i["action"] for i in failed["items"]] == ["login.failed"]
+    assert failed["items"][0]["outcome"] == "failed"
+    at = failed["items"][0]["at"]
+    before = api.get("/v1/audit", params={"subject": user_id, "until": at}).json()["items"]
+    assert "login.failed" not in {i["action"] for i in before}
+    assert "user.registered" in {i["action"] for i in before}
+    by_user = api.get("/v1/audit", params={"actor": f"user:{user_id}"}).json()["items"]
+    assert {i["action"] for i in by_user} == {"login.ok"}
+    first = api.get("/v1/audit", params={"subject": user_id, "limit": 1}).json()
+    assert first["next_before"] is not None
+    second = api.get(
+        "/v1/audit", params={"subject": user_id, "limit": 1, "before": first["next_before"]}
+    ).json()
+    assert second["items"][0]["position"] < first["items"][0]["position"]
 
 
 # -- one-time tokens, and secrets nowhere they should not be ------------------------------------

@@ -33,6 +33,8 @@ def content_hash(title: str, text: str, source: str, tags: list[str]) -> str:
 
 
 class Document(Aggregate):
+    SNAPSHOT_VERSION = 1  # state(): {"exists": bool, "content_sha256": str}
+
     exists = False
     content_sha256 = ""
 
