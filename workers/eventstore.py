@@ -60,7 +60,10 @@ def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> Po
 
 def _create_tables(factory: PostgresFactory, context: str) -> None:
     datastore = factory.datastore
-    key = f"uait-tables:{context}"
+    # One lock for every context: the library's DDL also touches objects the contexts share
+    # (its composite types and functions), and two contexts created at once by two processes
+    # fail with "tuple concurrently updated".
+    key = "uait-tables"
     with datastore.get_connection() as lock:
         lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
         try:
