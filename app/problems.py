@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -169,4 +171,18 @@ def install(app: FastAPI) -> None:
             str(exc.detail) if exc.detail else "Error",
             instance=request.url.path,
             headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL stopped or unreachable: a route that does not catch it would answer 500,
+        # which tells a client its request is wrong. It is not; the same request works later.
+        return problem(
+            503,
+            "Database unavailable",
+            "PostgreSQL cannot be reached right now; retry shortly",
+            type_="urn:uait:problem:database-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "5"},
         )

@@ -129,6 +129,33 @@ class EmbeddedStack:
         self._endpoints = None
         atexit.unregister(self.stop)
 
+    def stop_service(self, name: str) -> None:
+        """Stop one started service (``postgres`` or ``redis``) and keep its data.
+
+        Fault tests take a private service away mid-run and bring it back with
+        :meth:`start_service`, as an operator's restart would.
+        """
+        child = next((c for c in self._children if c.name == name), None)
+        if child is None:
+            raise StackStartError(f"{name} was not started by this stack")
+        _terminate(child, self._stop_timeout_s)
+        self._children.remove(child)
+
+    def start_service(self, name: str) -> str:
+        """Start a service stopped by :meth:`stop_service` again, on the same data; its URL.
+
+        The URL is the one it had before when the data dir is short enough for its socket.
+        """
+        if any(c.name == name for c in self._children):
+            raise StackStartError(f"{name} is already running")
+        starters: dict[str, Callable[[], str]] = {
+            "postgres": self._start_postgres,
+            "redis": self._start_redis,
+        }
+        if name not in starters:
+            raise StackStartError(f"cannot restart {name!r}: only {sorted(starters)}")
+        return starters[name]()
+
     def __enter__(self) -> Endpoints:
         return self.start()
 
