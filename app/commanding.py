@@ -13,6 +13,7 @@ from psycopg_pool import PoolTimeout
 
 from app.problems import ProblemError, problem
 from app.publisher import BrokerUnavailableError, MessageTooLargeError
+from events.ids import uuid7
 from telemetry import logs
 
 if TYPE_CHECKING:
@@ -61,16 +62,22 @@ async def submit(
     success_status: int,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    # The id is chosen here so that a 503 can name it: a send the broker did not confirm in
+    # time stays in the producer's buffer and may still be delivered once the broker is back.
+    message_id = uuid7()
     try:
-        envelope = await d.publisher.publish(command, actor=actor)
+        envelope = await d.publisher.publish(command, actor=actor, message_id=message_id)
     except MessageTooLargeError as exc:
         raise ProblemError(413, "Command too large", str(exc)) from exc
     except BrokerUnavailableError as exc:
         raise ProblemError(
             503,
             "Message broker unavailable",
-            "the command was not accepted; retry later",
+            "the broker did not confirm the command; it may still be delivered later: check"
+            " status_url before sending it again",
             headers={"Retry-After": "5"},
+            command_id=str(message_id),
+            status_url=status_url(request, message_id),
         ) from exc
     command_id = envelope.message_id
     logs.command_id.set(str(command_id))

@@ -176,8 +176,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(psycopg.OperationalError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        # PostgreSQL stopped or unreachable: a route that does not catch it would answer 500,
-        # which tells a client its request is wrong. It is not; the same request works later.
+        # PostgreSQL stopped or unreachable (or another transient OperationalError: a deadlock,
+        # a cancelled statement): a route that does not catch it would answer 500, which says
+        # the server is broken. It is not: the same request works later.
         return problem(
             503,
             "Database unavailable",

@@ -85,11 +85,19 @@ class EmbeddedStack:
         *,
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 15.0,
+        kafka_advertised_port: int | None = None,
     ) -> None:
+        """``kafka_advertised_port``: the port Tansu tells clients to connect to instead of its
+        own, for a TCP proxy in front of it (fault tests cut the proxy to cut the broker off;
+        Tansu keeps its topics in memory, so it is never restarted). The Kafka endpoint handed
+        back is then that port too."""
         self._settings = settings
         self._data_dir = (data_dir if data_dir is not None else settings.data_dir).absolute()
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
+        self._kafka_advertised_port = kafka_advertised_port
+        self.kafka_port: int | None = None
+        """The port Tansu listens on, once started here."""
         self._children: list[_Child] = []
         self._temp_dirs: list[Path] = []
         self._endpoints: Endpoints | None = None
@@ -181,8 +189,16 @@ class EmbeddedStack:
             attempts_left -= 1
             port = _free_tcp_port()
             url = f"tcp://127.0.0.1:{port}"
+            advertised = f"tcp://127.0.0.1:{self._kafka_advertised_port or port}"
             started = time.monotonic()
-            argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+            argv = [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                advertised,
+            ]
             child = self._spawn("tansu", argv, stop_signal=signal.SIGTERM)
             try:
                 probe = functools.partial(_kafka_metadata_probe, port)
@@ -199,7 +215,8 @@ class EmbeddedStack:
             port,
             time.monotonic() - started,
         )
-        return f"127.0.0.1:{port}"
+        self.kafka_port = port
+        return f"127.0.0.1:{self._kafka_advertised_port or port}"
 
     # -- Redis ---------------------------------------------------------------
 
