@@ -21,7 +21,7 @@ help:
 	@echo "make run        embedded stack + worker + projections + ingress (Ctrl-C stops)"
 	@echo "make test       lint, then every test: unit, integration, e2e"
 	@echo "make test-unit  tests/unit only"
-	@echo "make test-chaos two workers SIGKILLed at random under load (tests/chaos)"
+	@echo "make test-chaos workers SIGKILLed under load, infrastructure faults (tests/chaos)"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make bench      the pipeline benchmark"
 	@echo "make clean      remove .venv, .uait and caches"
