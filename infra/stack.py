@@ -145,7 +145,7 @@ class EmbeddedStack:
         """
         child = next((c for c in self._children if c.name == name), None)
         if child is None:
-            raise StackStartError(f"{name} was not started by this stack")
+            raise ValueError(f"{name!r} is not running under this stack")
         _terminate(child, self._stop_timeout_s)
         self._children.remove(child)
 
@@ -155,13 +155,13 @@ class EmbeddedStack:
         The URL is the one it had before when the data dir is short enough for its socket.
         """
         if any(c.name == name for c in self._children):
-            raise StackStartError(f"{name} is already running")
+            raise ValueError(f"{name!r} is already running")
         starters: dict[str, Callable[[], str]] = {
             "postgres": self._start_postgres,
             "redis": self._start_redis,
         }
         if name not in starters:
-            raise StackStartError(f"cannot restart {name!r}: only {sorted(starters)}")
+            raise ValueError(f"cannot start {name!r} again: only {sorted(starters)}")
         return starters[name]()
 
     def __enter__(self) -> Endpoints:

@@ -325,6 +325,30 @@ def test_a_restarted_stack_keeps_its_postgres_and_redis_data(tmp_path: Path) -> 
         assert redis.Redis.from_url(second.redis_url).get("kept") == b"still here"
 
 
+def test_one_service_stopped_and_started_again_keeps_its_url_and_its_data(tmp_path: Path) -> None:
+    only_redis = Settings(kafka_bootstrap="kafka.example:9092", database_url="postgresql://x@h/d")
+    stack = EmbeddedStack(only_redis, data_dir=tmp_path)
+    endpoints = stack.start()
+    try:
+        redis.Redis.from_url(endpoints.redis_url).set("kept", "still here")
+        first_pid = stack.pids["redis"]
+        with pytest.raises(ValueError, match="already running"):
+            stack.start_service("redis")
+        with pytest.raises(ValueError, match="only"):
+            stack.start_service("tansu")
+
+        stack.stop_service("redis")
+
+        assert stack.pids == {}
+        assert not _alive(first_pid)
+        with pytest.raises(ValueError, match="not running"):
+            stack.stop_service("redis")
+        assert stack.start_service("redis") == endpoints.redis_url
+        assert redis.Redis.from_url(endpoints.redis_url).get("kept") == b"still here"
+    finally:
+        stack.stop()
+
+
 def test_a_second_stack_on_a_data_dir_in_use_fails_clearly_and_leaves_the_first_alone(
     tmp_path: Path,
 ) -> None:
