@@ -70,6 +70,13 @@ async def submit(
     except MessageTooLargeError as exc:
         raise ProblemError(413, "Command too large", str(exc)) from exc
     except BrokerUnavailableError as exc:
+        if not exc.maybe_sent:
+            raise ProblemError(
+                503,
+                "Message broker unavailable",
+                "the command was not accepted; retry later",
+                headers={"Retry-After": "5"},
+            ) from exc
         raise ProblemError(
             503,
             "Message broker unavailable",

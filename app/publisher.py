@@ -42,7 +42,16 @@ if TYPE_CHECKING:
 
 
 class BrokerUnavailableError(RuntimeError):
-    """Raised when the broker cannot take a command in time; the caller may retry later."""
+    """Raised when the broker cannot take a command in time; the caller may retry later.
+
+    ``maybe_sent``: the message had entered the producer's buffer (or was in flight) when the
+    wait ran out, so it may still be delivered once the broker answers again; otherwise it was
+    certainly not sent.
+    """
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 class MessageTooLargeError(ValueError):
@@ -185,20 +194,42 @@ class CommandPublisher:
                 f"message is {len(value)} bytes; the broker limit is {self.max_message_bytes}"
             )
         started = time.perf_counter()
+        sending = False
         try:
             producer = await self._ensure()
-            future = await asyncio.wait_for(
-                producer.send(topic, value, key=key, headers=list(headers)), self.timeout_s
-            )
+            async with asyncio.timeout(self.timeout_s):
+                if not await _reachable(producer):
+                    raise BrokerUnavailableError(f"no broker of {self.bootstrap} is reachable")
+                sending = True
+                future = await producer.send(topic, value, key=key, headers=list(headers))
             metadata = await asyncio.wait_for(future, self.timeout_s)
         except (TimeoutError, KafkaError, OSError, BrokerUnavailableError) as exc:
             MESSAGES_PUBLISHED.labels(topic, "error").inc()
             if isinstance(exc, BrokerUnavailableError):
                 raise
-            raise BrokerUnavailableError(f"publish to {topic} failed: {exc!r}") from exc
+            raise BrokerUnavailableError(
+                f"publish to {topic} failed: {exc!r}", maybe_sent=sending
+            ) from exc
         MESSAGES_PUBLISHED.labels(topic, "ok").inc()
         PUBLISH_DURATION.labels(topic).observe(time.perf_counter() - started)
         return metadata
+
+
+async def _reachable(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer holds, or can open now, a connection to a broker it knows.
+
+    Checked before a send so that a broker that refuses connections (stopped, or cut off) is
+    a 503 in milliseconds rather than after the publish timeout, and the command never enters
+    the producer's buffer, from which it would still be delivered once the broker is back. A
+    held connection costs a dictionary lookup; with no brokers known yet, the send decides.
+    """
+    brokers = producer.client.cluster.brokers()
+    if not brokers:
+        return True
+    for broker in brokers:
+        if await producer.client.ready(broker.nodeId):
+            return True
+    return False
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:

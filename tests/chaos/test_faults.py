@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import statistics
 import tempfile
 import threading
 import time
@@ -510,12 +511,15 @@ def test_broker_cut_off_answers_503_then_processing_carries_on(faults):
                 )
             )
             answers.append((response.status_code, response.headers.get("Retry-After"), took))
-            # A 202 is accepted; a 503 names a command the broker may still take later.
-            if response.status_code in (202, 503):
-                command_id = response.json()["command_id"]
-                maybe.add(uuid.UUID(command_id))
-            if response.status_code == 503:
-                assert response.json()["status_url"].endswith(f"/v1/commands/{command_id}")
+            # A 202 is accepted; a 503 names a command only when the broker may still take it
+            # later (it had been handed to the producer). One it does not name was not sent:
+            # if it landed anyway, verify() finds an outcome more than accepted commands.
+            body = response.json()
+            if "command_id" in body:
+                maybe.add(uuid.UUID(body["command_id"]))
+            if response.status_code == 503 and "command_id" in body:
+                assert body["status_url"].endswith(f"/v1/commands/{body['command_id']}")
+            time.sleep(0.5)  # under the knowledge write limit (40 a minute)
         faults.proxy.restore()
         restored = time.monotonic()
         caught_up = faults.settle(traffic)
@@ -525,7 +529,10 @@ def test_broker_cut_off_answers_503_then_processing_carries_on(faults):
             json={"document_id": "broker-http", "title": "t", "text": "broker back"},
             headers={**headers, "Prefer": "wait=30"},
         )
-    print(f"\nbroker cut {restored - cut:.1f} s; answers while cut: {answers}")
+    times = sorted(took for _, _, took in answers)
+    print(f"\nbroker cut {restored - cut:.1f} s; {len(answers)} commands posted while cut:"
+          f" {Counter(code for code, _, _ in answers)}, median {statistics.median(times):.4f} s,"
+          f" max {times[-1]:.4f} s")  # fmt: skip
     print(f"outcomes complete {recovered:.1f} s after the proxy came back"
           f" ({caught_up:.1f} s after the traffic ended); {traffic.failed_publishes} failed"
           f" publishes retried")  # fmt: skip
