@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -347,6 +348,7 @@ def faults() -> Iterator[FaultStack]:
         yield stack
     finally:
         stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def timed(fn: Any) -> tuple[Any, float]:
