@@ -820,3 +820,35 @@ def test_an_idempotency_key_belongs_to_its_principal(services: Services):
     assert replay == first  # alice's retry replays her answer
     assert other != first  # bob's request with the same key is his own
     assert answers[2].headers["idempotent-replayed"] == "true"
+
+
+def test_an_operator_forcing_a_breaker_is_an_audit_entry(services: Services, api):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from workers.breaker import Breaker, BreakerConfig
+
+    name = f"audited-{uuid.uuid4().hex[:6]}"
+
+    async def use() -> None:
+        redis = Redis.from_url(services.env["UAIT_REDIS_URL"])
+        try:
+
+            async def ok() -> str:
+                return "ok"
+
+            await Breaker(name, redis, BreakerConfig(window_size=5)).call(ok)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(use())
+    assert api.post(f"/v1/admin/breakers/{name}/open").status_code == 200
+    assert api.post(f"/v1/admin/breakers/{name}/reset").status_code == 200
+
+    def entries() -> set[str]:
+        items = api.get("/v1/audit", params={"action": "breaker.open"}).json()["items"]
+        items += api.get("/v1/audit", params={"action": "breaker.reset"}).json()["items"]
+        return {i["action"] for i in items if i["detail"] == name}
+
+    assert eventually(lambda: entries() == {"breaker.open", "breaker.reset"})
