@@ -852,3 +852,15 @@ def test_an_operator_forcing_a_breaker_is_an_audit_entry(services: Services, api
         return {i["action"] for i in items if i["detail"] == name}
 
     assert eventually(lambda: entries() == {"breaker.open", "breaker.reset"})
+
+    # The state changes themselves, whoever made them, are audit entries too (exactly once).
+    def changes() -> list[str]:
+        items = []
+        for action in ("breaker.forced_open", "breaker.closed"):
+            items += api.get("/v1/audit", params={"action": action}).json()["items"]
+        return sorted(i["detail"].split(" (")[0] for i in items if i["detail"].startswith(name))
+
+    expected = [f"{name}: closed -> forced_open", f"{name}: forced_open -> closed"]
+    assert eventually(lambda: changes() == expected)
+    time.sleep(1)
+    assert changes() == expected
