@@ -5,6 +5,7 @@ No write logic lives here: every state change is a command on Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from app import problems
 from app.accepted import AcceptedLog
 from app.auth import routes_account, routes_admin, routes_login
 from app.auth.actors import IngressSigner
+from app.auth.breaker_audit import relay_breaker_changes
 from app.auth.principal import forbidden
 from app.auth.runtime import build_auth
 from app.cache import Cache
@@ -126,6 +128,10 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
         app.state.health = IngressHealth(app.state.deps)
         app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
         publisher.signer = IngressSigner(ActorIssuer(app.state.auth.tokens))
+        if redis is not None:
+            app.state.auth.tasks.append(
+                asyncio.create_task(relay_breaker_changes(redis, publisher), name="breaker-audit")
+            )
         try:
             yield
         finally:

@@ -2,6 +2,7 @@
 -- every state change is one atomic step shared by all processes.
 --
 -- KEYS[1] state hash   KEYS[2] window list (newest first)   KEYS[3] set of breaker names
+-- KEYS[4] stream of state changes (for the audit log; capped)
 -- ARGV: op, name, window_size, min_calls, failure_rate_pct, slow_rate_pct, wait_ms,
 --       probes, probe_lease_ms, config_json ('' = keep), epoch, failed, slow, probe,
 --       target (force: open | close | reset), reason (force)
@@ -17,7 +18,7 @@ redis.replicate_commands() -- TIME below, then writes (needed on Redis < 7; a no
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local key, wkey, registry = KEYS[1], KEYS[2], KEYS[3]
+local key, wkey, registry, changes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, name = ARGV[1], ARGV[2]
 local size, min_calls = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fail_rate, slow_rate = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -128,5 +129,10 @@ end
 redis.call('HSET', key, 'state', state, 'epoch', epoch, 'opened_at', opened_at,
   'in_flight', in_flight, 'probe_ok', probe_ok, 'lease_until', lease_until,
   'n', n, 'nf', nf, 'ns', ns)
+if from ~= '' then
+  -- In the same atomic step as the change: the audit relay turns each entry into an event.
+  redis.call('XADD', changes, 'MAXLEN', '~', 10000, '*', 'breaker', name, 'from', from,
+    'to', state, 'reason', reason, 'at', now)
+end
 return {from, state, epoch, allowed, probe, reason, n, nf, ns, opened_at, now, in_flight,
   probe_ok}

@@ -66,6 +66,8 @@ LUA = (Path(__file__).with_name("breaker.lua")).read_text(encoding="utf-8")
 LUA_SHA = hashlib.sha1(LUA.encode(), usedforsecurity=False).hexdigest()
 
 REGISTRY_KEY = "uait:breakers"
+CHANGES_KEY = "uait:breakers:changes"
+"""A capped stream of every state change, written by the script (see app.auth.breaker_audit)."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
 
@@ -232,7 +234,12 @@ class Breaker:
         self.config = config or BreakerConfig()
         self.fallback = fallback
         self.ignore = ignore
-        self._keys = (f"uait:breaker:{{{name}}}", f"uait:breaker:{{{name}}}:window", REGISTRY_KEY)
+        self._keys = (
+            f"uait:breaker:{{{name}}}",
+            f"uait:breaker:{{{name}}}:window",
+            REGISTRY_KEY,
+            CHANGES_KEY,
+        )
         self._config_json = orjson.dumps(self.config.model_dump()).decode()
         self._registered = False
 

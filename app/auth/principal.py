@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.actors import current_principal
@@ -91,7 +91,3 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
 
 
 __all__ = ["SELF", "Principal", "forbidden", "require", "unauthorized"]
-
-
-def Authorized(permission: str) -> object:
-    return Depends(require(permission))

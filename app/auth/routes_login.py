@@ -28,6 +28,7 @@ from app.auth.models import (
 from app.auth.principal import SELF, Principal, require, unauthorized
 from app.auth.runtime import AuthRuntime, auth
 from app.auth.second_factor import check_second_factor
+from app.auth.service import normalise_email, valid_email
 from app.clientip import client_ip
 from app.deps import Deps, deps
 from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
@@ -132,8 +133,6 @@ async def register(
     a: Annotated[AuthRuntime, Depends(auth)],
 ) -> dict[str, str]:
     """Create an account. The answer is the same whether or not the email was free."""
-    from app.auth.service import normalise_email, valid_email
-
     email = normalise_email(body.email)
     if not valid_email(email):
         raise ProblemError(422, "Invalid email", "the email address is not valid")
@@ -180,8 +179,6 @@ async def login(
     body: LoginBody, request: Request, a: Annotated[AuthRuntime, Depends(auth)]
 ) -> JSONResponse:
     """Email and password: tokens, or an mfa token when the account has a second factor."""
-    from app.auth.service import normalise_email
-
     email_hmac = a.core.email_hmac(normalise_email(body.email))
     ip = _ip(request, a)
     await a.throttle.check(email_hmac, ip)
@@ -354,8 +351,6 @@ async def request_password_reset(
     body: ResetRequestBody, request: Request, a: Annotated[AuthRuntime, Depends(auth)]
 ) -> dict[str, str]:
     """Send a one-time reset token if the account exists; the answer is the same either way."""
-    from app.auth.service import normalise_email
-
     email = normalise_email(body.email)
     user = await find_user(a, a.core.email_hmac(email))
     if user is not None and user["status"] == "active":

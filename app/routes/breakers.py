@@ -58,7 +58,9 @@ async def list_breakers(reg: Registry) -> dict[str, list[BreakerStatus]]:
         raise _unavailable(exc) from exc
 
 
-async def _steer(reg: BreakerRegistry, name: str, action: str) -> BreakerStatus:
+async def _steer(
+    reg: BreakerRegistry, name: str, action: str, request: Request | None = None
+) -> BreakerStatus:
     try:
         if not await reg.exists(name):
             raise ProblemError(404, "Unknown breaker", f"no breaker named {name!r}")
@@ -69,24 +71,39 @@ async def _steer(reg: BreakerRegistry, name: str, action: str) -> BreakerStatus:
             await breaker.force_close("forced closed through the admin API")
         else:
             await breaker.reset("reset through the admin API")
-        return await reg.status(name)
+        status = await reg.status(name)
     except RedisError as exc:
         raise _unavailable(exc) from exc
+    await _audit(request, name, action)
+    return status
+
+
+async def _audit(request: Request | None, name: str, action: str) -> None:
+    """An operator's change of a breaker is an audit entry (automatic ones are metrics)."""
+    if request is None:
+        return
+    auditor = getattr(getattr(request.app.state, "auth", None), "auditor", None)
+    principal = getattr(request.state, "principal", None)
+    if auditor is None or principal is None:
+        return
+    await auditor.record(
+        f"breaker.{action}", subject=None, actor=principal.actor, request=request, detail=name
+    )
 
 
 @router.post("/{name}/open", responses=STEER_RESPONSES)
-async def open_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
+async def open_breaker(reg: Registry, name: BreakerName, request: Request) -> BreakerStatus:
     """Force the breaker open: every call fails fast (or gets its fallback) until a reset."""
-    return await _steer(reg, name, "open")
+    return await _steer(reg, name, "open", request)
 
 
 @router.post("/{name}/close", responses=STEER_RESPONSES)
-async def close_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
+async def close_breaker(reg: Registry, name: BreakerName, request: Request) -> BreakerStatus:
     """Force the breaker closed: every call goes through until a reset."""
-    return await _steer(reg, name, "close")
+    return await _steer(reg, name, "close", request)
 
 
 @router.post("/{name}/reset", responses=STEER_RESPONSES)
-async def reset_breaker(reg: Registry, name: BreakerName) -> BreakerStatus:
+async def reset_breaker(reg: Registry, name: BreakerName, request: Request) -> BreakerStatus:
     """Back to closed with an empty window (ends a forced state)."""
-    return await _steer(reg, name, "reset")
+    return await _steer(reg, name, "reset", request)

@@ -338,9 +338,12 @@ def test_rotation_keeps_the_old_key_working_through_the_overlap(start_ingress: I
     assert (
         status(base, "GET", "/v1/knowledge/documents", headers={"X-API-Key": key["api_key"]}) == 200
     )
-    time.sleep(3.5)  # the overlap
-    assert (
-        status(base, "GET", "/v1/knowledge/documents", headers={"X-API-Key": key["api_key"]}) == 401
+    time.sleep(3.5)  # the overlap (then the replacement's row, if its projection lags)
+    assert eventually(
+        lambda: (
+            status(base, "GET", "/v1/knowledge/documents", headers={"X-API-Key": key["api_key"]})
+            == 401
+        )
     )
     assert status(base, "GET", "/v1/knowledge/documents", headers={"X-API-Key": new}) == 200
 
@@ -820,3 +823,47 @@ def test_an_idempotency_key_belongs_to_its_principal(services: Services):
     assert replay == first  # alice's retry replays her answer
     assert other != first  # bob's request with the same key is his own
     assert answers[2].headers["idempotent-replayed"] == "true"
+
+
+def test_an_operator_forcing_a_breaker_is_an_audit_entry(services: Services, api):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from workers.breaker import Breaker, BreakerConfig
+
+    name = f"audited-{uuid.uuid4().hex[:6]}"
+
+    async def use() -> None:
+        redis = Redis.from_url(services.env["UAIT_REDIS_URL"])
+        try:
+
+            async def ok() -> str:
+                return "ok"
+
+            await Breaker(name, redis, BreakerConfig(window_size=5)).call(ok)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(use())
+    assert api.post(f"/v1/admin/breakers/{name}/open").status_code == 200
+    assert api.post(f"/v1/admin/breakers/{name}/reset").status_code == 200
+
+    def entries() -> set[str]:
+        items = api.get("/v1/audit", params={"action": "breaker.open"}).json()["items"]
+        items += api.get("/v1/audit", params={"action": "breaker.reset"}).json()["items"]
+        return {i["action"] for i in items if i["detail"] == name}
+
+    assert eventually(lambda: entries() == {"breaker.open", "breaker.reset"})
+
+    # The state changes themselves, whoever made them, are audit entries too (exactly once).
+    def changes() -> list[str]:
+        items = []
+        for action in ("breaker.forced_open", "breaker.closed"):
+            items += api.get("/v1/audit", params={"action": action}).json()["items"]
+        return sorted(i["detail"].split(" (")[0] for i in items if i["detail"].startswith(name))
+
+    expected = [f"{name}: closed -> forced_open", f"{name}: forced_open -> closed"]
+    assert eventually(lambda: changes() == expected)
+    time.sleep(1)
+    assert changes() == expected
