@@ -15,7 +15,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from faststream import AckPolicy, Context
+from faststream import Context
 from faststream.kafka import KafkaRouter
 
 from events.jobs import DUE_HEADER
@@ -23,9 +23,9 @@ from events.topics import command_topic, retry_topic
 from telemetry.metrics import BATCH_DURATION, BATCH_FAILURES, MESSAGES_CONSUMED
 from workers.subscriber import (
     Backoff,
+    batch_subscriber,
     group_id,
     header_command_id,
-    no_decoding,
     observe_report,
     process_batch,
     to_records,
@@ -117,21 +117,13 @@ def retry_router(
     backoff = Backoff()
     topic = retry_topic(command_topic(context))
 
-    @router.subscriber(
+    @batch_subscriber(
+        router,
         topic,
+        settings,
         group_id=retry_group_id(context),
-        batch=True,
-        max_records=settings.worker_batch_size,
-        batch_timeout_ms=settings.worker_batch_timeout_ms,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        session_timeout_ms=settings.worker_session_timeout_ms,
-        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
-        heartbeat_interval_ms=max(settings.worker_session_timeout_ms // 4, 500),
-        max_partition_fetch_bytes=max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
         # A batch may wait for its last record's backoff (at most the policy's cap).
         max_poll_interval_ms=max(int(settings.retry_cap_s * 1000) * 2 + 60_000, 300_000),
-        decoder=no_decoding,
     )
     async def handle_retries(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message

@@ -12,7 +12,8 @@ import logging
 import random
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from faststream import AckPolicy, Context
 from faststream.kafka import KafkaRouter
@@ -205,6 +206,36 @@ def observe_report(context: str, report: BatchReport) -> None:
         COMMANDS.labels(context, command_type, result).inc(n)
 
 
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[None]])
+
+
+def batch_subscriber(
+    router: KafkaRouter, topic: str, settings: Settings, **extra: Any
+) -> Callable[[Handler], Handler]:
+    """``router.subscriber`` as every command subscriber (command and retry topics) uses it."""
+    return cast(
+        "Callable[[Handler], Handler]",
+        router.subscriber(topic, **batch_subscriber_options(settings), **extra),
+    )
+
+
+def batch_subscriber_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "batch": True,
+        "max_records": settings.worker_batch_size,
+        "batch_timeout_ms": settings.worker_batch_timeout_ms,
+        "auto_offset_reset": "earliest",
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "session_timeout_ms": settings.worker_session_timeout_ms,
+        "fetch_max_wait_ms": settings.worker_fetch_max_wait_ms,
+        "heartbeat_interval_ms": max(settings.worker_session_timeout_ms // 4, 500),
+        "max_partition_fetch_bytes": max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
+        # Hand the records over untouched: the envelope parser decides what is malformed, and
+        # nothing FastStream validates can turn a bad record into an endless redelivery.
+        "decoder": no_decoding,
+    }
+
+
 def command_router(
     context: str,
     processor: BatchProcessor,
@@ -216,22 +247,7 @@ def command_router(
     router = KafkaRouter()
     backoff = Backoff()
 
-    @router.subscriber(
-        command_topic(context),
-        group_id=group_id(context),
-        batch=True,
-        max_records=settings.worker_batch_size,
-        batch_timeout_ms=settings.worker_batch_timeout_ms,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        session_timeout_ms=settings.worker_session_timeout_ms,
-        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
-        heartbeat_interval_ms=max(settings.worker_session_timeout_ms // 4, 500),
-        max_partition_fetch_bytes=max(settings.kafka_max_message_bytes * 2, 1024 * 1024),
-        # Hand the records over untouched: the envelope parser decides what is malformed, and
-        # nothing FastStream validates can turn a bad record into an endless redelivery.
-        decoder=no_decoding,
-    )
+    @batch_subscriber(router, command_topic(context), settings, group_id=group_id(context))
     async def handle_commands(message: KafkaMessage = Context("message")) -> None:
         raw = message.raw_message
         consumed = raw if isinstance(raw, tuple) else (raw,)
