@@ -15,6 +15,7 @@ from app.auth.principal import SELF, Principal, require, unauthorized
 from app.auth.routes_login import _policy, set_password
 from app.auth.runtime import AuthRuntime, auth
 from app.auth.second_factor import check_second_factor, consume_totp
+from app.auth.service import ROLES_OF_USER
 from app.commanding import submit
 from app.deps import Deps, deps
 from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
@@ -41,19 +42,14 @@ async def profile(a: AuthRuntime, user_id: str) -> dict[str, Any] | None:
     async with a.core.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT user_id::text AS user_id, email_sealed, name_sealed, status, email_verified,"
-            " two_factor, created_at, updated_at,"
-            " ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.user_id) AS roles"
+            " two_factor, created_at, updated_at, " + ROLES_OF_USER + " AS roles"
             " FROM users u WHERE user_id = %s",
             (user_id,),
         )
         row = cast("dict[str, Any] | None", await cur.fetchone())
     if row is None:
         return None
-    keys = await a.core.user_keys([user_id])
-    key = keys.get(user_id)
-    row["email"] = a.core.unseal_field(key, user_id, "email", row.pop("email_sealed"))
-    row["name"] = a.core.unseal_field(key, user_id, "name", row.pop("name_sealed"))
-    return row
+    return (await a.core.unseal_rows([row]))[0]
 
 
 @router.get("/me", responses=problem_responses(404))

@@ -13,6 +13,7 @@ from app.auth.models import DisableBody, RoleBody
 from app.auth.principal import SELF, Principal, require
 from app.auth.routes_account import profile
 from app.auth.runtime import AuthRuntime, auth
+from app.auth.service import ROLES_OF_USER
 from app.commanding import submit
 from app.deps import Deps, deps
 from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
@@ -55,20 +56,14 @@ async def list_users(
     async with a.core.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT user_id::text AS user_id, email_sealed, name_sealed, status, email_verified,"
-            " two_factor, created_at,"
-            " ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.user_id) AS roles"
+            " two_factor, created_at, " + ROLES_OF_USER + " AS roles"
             " FROM users u WHERE (%s::text IS NULL OR user_id::text > %s)"
             " AND (%s::text IS NULL OR status = %s) ORDER BY user_id::text LIMIT %s",
             (after, after, status, status, limit + 1),
         )
         rows = await cur.fetchall()
     more = len(rows) > limit
-    rows = rows[:limit]
-    keys = await a.core.user_keys([r["user_id"] for r in rows])
-    for row in rows:
-        key = keys.get(row["user_id"])
-        row["email"] = a.core.unseal_field(key, row["user_id"], "email", row.pop("email_sealed"))
-        row["name"] = a.core.unseal_field(key, row["user_id"], "name", row.pop("name_sealed"))
+    rows = await a.core.unseal_rows(rows[:limit])
     return {"items": rows, "next_cursor": encode_cursor(rows[-1]["user_id"]) if more else None}
 
 

@@ -28,7 +28,7 @@ from app.auth.models import (
 from app.auth.principal import SELF, Principal, require, unauthorized
 from app.auth.runtime import AuthRuntime, auth
 from app.auth.second_factor import check_second_factor
-from app.auth.service import normalise_email, valid_email
+from app.auth.service import ROLES_OF_USER, normalise_email, valid_email
 from app.clientip import client_ip
 from app.deps import Deps, deps
 from app.problems import V1_WRITE_PROBLEMS, ProblemError, problem_responses
@@ -87,7 +87,9 @@ async def find_user(a: AuthRuntime, email_hmac: str) -> dict[str, Any] | None:
             """
             SELECT u.user_id::text AS user_id, u.status, p.password_hash,
                    t.confirmed_at IS NOT NULL AS two_factor,
-                   ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.user_id) AS roles
+                   """
+            + ROLES_OF_USER
+            + """ AS roles
             FROM users u
             LEFT JOIN password_credentials p USING (user_id)
             LEFT JOIN totp_credentials t USING (user_id)
@@ -101,8 +103,7 @@ async def find_user(a: AuthRuntime, email_hmac: str) -> dict[str, Any] | None:
 async def user_state(a: AuthRuntime, user_id: str) -> dict[str, Any] | None:
     async with a.core.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT status, ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.user_id)"
-            " AS roles FROM users u WHERE user_id = %s",
+            "SELECT status, " + ROLES_OF_USER + " AS roles FROM users u WHERE user_id = %s",
             (user_id,),
         )
         return cast("dict[str, Any] | None", await cur.fetchone())

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
     from infra.settings import Settings
 
+ROLES_OF_USER = "ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.user_id)"
+"""The roles of the ``users u`` row in a query, as an array."""
+
 _EMAIL = re.compile(
     r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,190}\.[^@\s\x00-\x1f\x7f.]{1,63}$"
 )
@@ -122,6 +125,16 @@ class IdentityCore:
             return unseal(key, token, aad=f"{user_id}:{name}")
         except DecryptionError:
             return None
+
+    async def unseal_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Replace ``email_sealed``/``name_sealed`` of user rows by their plain values (None for
+        an erased user), with one key lookup for all of them."""
+        keys = await self.user_keys([row["user_id"] for row in rows])
+        for row in rows:
+            key, uid = keys.get(row["user_id"]), row["user_id"]
+            row["email"] = self.unseal_field(key, uid, "email", row.pop("email_sealed"))
+            row["name"] = self.unseal_field(key, uid, "name", row.pop("name_sealed"))
+        return rows
 
     def seal_secret(self, user_id: str, secret: str) -> bytes:
         return self.keyring.encrypt(secret.encode(), aad=f"totp:{user_id}".encode())
