@@ -1,22 +1,25 @@
 """``command_log`` rows for accepted commands, written by group commit.
 
 Each accepted command's row is written before its 202 goes out (so its status URL answers at
-once), but not one INSERT per request: requests queue their rows and wait; one writer inserts
-everything queued in a single statement, then the next batch. Under load a batch holds many
-rows; alone, a request waits only for its own insert.
+once), but not one INSERT per request: the rows queued meanwhile go in one statement
+(``app.coalesce``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from app.coalesce import Coalescer
 
 if TYPE_CHECKING:
     import uuid
     from datetime import datetime
 
+    from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("uait.ingress")
@@ -24,58 +27,54 @@ log = logging.getLogger("uait.ingress")
 Row = tuple["uuid.UUID", str, str, "datetime", str | None]
 
 
+INSERT = (
+    "INSERT INTO command_log (command_id, context, command_type, accepted_at, actor)"
+    " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])"
+    " ON CONFLICT (command_id) DO NOTHING"
+)
+
+
 class AcceptedLog:
+    """The writer keeps one pooled connection (autocommit, the statement prepared): a batch is
+    one round trip, not a checkout check, the INSERT and a COMMIT."""
+
     def __init__(self, pool: AsyncConnectionPool[Any], *, max_batch: int = 2000) -> None:
         self.pool = pool
-        self.max_batch = max_batch
-        self._rows: list[tuple[Row, asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="accepted-log")
+        self._conn: AsyncConnection[Any] | None = None
+        self._rows: Coalescer[Row, None] = Coalescer(self._write, max_batch=max_batch)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._rows:
-            await self._write(self._take())
+        await self._rows.close()
+        await self._release()
 
     async def note(self, row: Row) -> None:
         """Return once ``row`` is written; raises what the write raised."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._rows.append((row, future))
-        self._wake.set()
-        await future
+        await self._rows(row)
 
-    def _take(self) -> list[tuple[Row, asyncio.Future[None]]]:
-        batch, self._rows = self._rows[: self.max_batch], self._rows[self.max_batch :]
-        return batch
+    async def _write(self, rows: list[Row]) -> list[None]:
+        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        for attempt in (1, 2):
+            try:
+                if self._conn is None:
+                    self._conn = await self.pool.getconn()
+                    await self._conn.set_autocommit(True)
+                await self._conn.execute(INSERT, columns, prepare=True)
+                break
+            except psycopg.OperationalError:
+                # A connection broken since the last batch (PostgreSQL restarted): once more on
+                # a fresh one. The INSERT is idempotent (ON CONFLICT DO NOTHING).
+                await self._release()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                await self._release()
+                raise
+        return [None] * len(rows)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._rows:
-                await self._write(self._take())
-
-    async def _write(self, batch: list[tuple[Row, asyncio.Future[None]]]) -> None:
-        rows = [row for row, _ in batch]
-        try:
-            async with self.pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO command_log (command_id, context, command_type, accepted_at,"
-                    " actor) SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[],"
-                    " %s::timestamptz[], %s::text[]) ON CONFLICT (command_id) DO NOTHING",
-                    tuple(list(column) for column in zip(*rows, strict=True)),
-                )
-        except Exception as exc:  # every waiter learns it; the writer goes on
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        with contextlib.suppress(psycopg.Error):
+            await conn.set_autocommit(False)  # as the pool lends it
+        await self.pool.putconn(conn)  # the pool discards a broken one

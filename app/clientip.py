@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import TYPE_CHECKING
 
@@ -15,11 +16,17 @@ UNKNOWN = "unknown"
 
 
 def in_networks(address: str, networks: Sequence[Network]) -> bool:
+    if not networks:
+        return False
     try:
-        ip = ipaddress.ip_address(address)
+        ip = _parse(address)
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+# Clients come back: parsing an address costs more than the membership test.
+_parse = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
 
 
 def client_ip(scope: Scope, trusted_proxies: Sequence[Network]) -> str:

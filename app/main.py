@@ -32,6 +32,7 @@ from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
 from app.idempotency import IdempotencyMiddleware, IdempotencyStore
+from app.lanes import install_lanes
 from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
 from app.positions import PositionWatcher
@@ -115,7 +116,6 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
                 in_flight_s=settings.publish_timeout_s + settings.max_wait_s + 30,
             )
         accepted = AcceptedLog(pool)
-        accepted.start()
         app.state.deps = Deps(
             settings=settings,
             publisher=publisher,
@@ -169,6 +169,7 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
     app.include_router(breakers.router)
     app.include_router(workers_routes.router)
     app.include_router(dlq.router)
+    install_lanes(app, *knowledge.LANES)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

@@ -1,8 +1,9 @@
-"""Rate limits shared by every ingress replica: GCRA in Redis, one atomic Lua call per request.
+"""Rate limits shared by every ingress replica: GCRA in Redis, decided atomically in Lua.
 
 A request is matched to a stack of limits (e.g. a knowledge write counts against ``knowledge``
 and ``default``). The script checks every limit of the stack and counts the request in all of
 them only when all allow it, so a request refused by one limit consumes nothing of the others.
+Concurrent requests share one script call, which decides them one after the other.
 Keys are ``rl:{policy}:{scope}:{id}``; the scope is ``key`` (an API key), ``user`` (a bearer
 token) or ``ip`` (no valid credentials); login throttling uses ``account_ip`` (app.auth.throttle).
 """
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from app.asgi import send_problem
 from app.auth.edge import principal_of
 from app.clientip import client_ip, in_networks
+from app.coalesce import Coalescer
 from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
 
 if TYPE_CHECKING:
@@ -34,41 +36,51 @@ log = logging.getLogger("uait.ingress")
 
 # GCRA per key: TAT (theoretical arrival time, microseconds of the Redis clock) in a string key.
 # Emission interval T = period / limit; a request of cost c fits when new_tat - now <= period,
-# with new_tat = max(tat, now) + T * c. Two passes: decide every key, then write all or none.
-# Returns {allowed, then per key: remaining units, us until the bucket is full, us to wait}.
+# with new_tat = max(tat, now) + T * c. One call decides a batch of requests, in order, each as
+# before: decide every key of its stack, then write all or none. ARGV: the number of requests,
+# then per request the number of its keys and (period, limit, cost) per key; KEYS: every
+# request's keys in order. Returns per request {allowed, then per key: remaining units, us until
+# the bucket is full, us to wait}.
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
-local allowed = 1
-local tats = {}
-for i = 1, n do
-  local period = tonumber(ARGV[3 * i - 2])
-  local limit = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
-  local stored = redis.call('GET', KEYS[i])
-  local tat = now
-  if stored then tat = math.max(tonumber(stored), now) end
-  local new_tat = tat + (period / limit) * cost
-  if new_tat - now > period + 0.5 then allowed = 0 end
-  tats[i] = {tat, new_tat, period, limit, cost}
-end
-local out = {allowed}
-for i = 1, n do
-  local tat, new_tat, period, limit, cost = unpack(tats[i])
-  local interval = period / limit
-  local wait = 0
-  if allowed == 1 then
-    tat = new_tat
-    redis.call('SET', KEYS[i], string.format('%.0f', tat),
-               'PX', math.max(1, math.ceil((tat - now) / 1000)))
-  else
-    wait = math.max(0, new_tat - period - now)
+local out = {}
+local k = 0
+local a = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  local allowed = 1
+  local tats = {}
+  for i = 1, n do
+    local period = tonumber(ARGV[a + 3 * i - 2])
+    local limit = tonumber(ARGV[a + 3 * i - 1])
+    local cost = tonumber(ARGV[a + 3 * i])
+    local stored = redis.call('GET', KEYS[k + i])
+    local tat = now
+    if stored then tat = math.max(tonumber(stored), now) end
+    local new_tat = tat + (period / limit) * cost
+    if new_tat - now > period + 0.5 then allowed = 0 end
+    tats[i] = {tat, new_tat, period, limit, cost}
   end
-  local remaining = math.floor((period - (tat - now)) / interval + 1e-6)
-  out[#out + 1] = math.max(0, remaining)
-  out[#out + 1] = math.ceil(tat - now)
-  out[#out + 1] = math.ceil(wait)
+  out[#out + 1] = allowed
+  for i = 1, n do
+    local tat, new_tat, period, limit, cost = unpack(tats[i])
+    local interval = period / limit
+    local wait = 0
+    if allowed == 1 then
+      tat = new_tat
+      redis.call('SET', KEYS[k + i], string.format('%.0f', tat),
+                 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+    else
+      wait = math.max(0, new_tat - period - now)
+    end
+    local remaining = math.floor((period - (tat - now)) / interval + 1e-6)
+    out[#out + 1] = math.max(0, remaining)
+    out[#out + 1] = math.ceil(tat - now)
+    out[#out + 1] = math.ceil(wait)
+  end
+  k = k + n
+  a = a + 1 + 3 * n
 end
 return out
 """
@@ -171,21 +183,19 @@ def response_headers(decision: Decision) -> dict[str, str]:
 
 
 class RateLimiter:
-    """Checks and counts a stack of limits in one EVALSHA (redis-py reloads on NOSCRIPT)."""
+    """Checks and counts a stack of limits atomically; the concurrent requests' checks go to
+    Redis as one EVALSHA (``app.coalesce``; redis-py reloads the script on NOSCRIPT)."""
 
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(GCRA_LUA)
+        self._checks: Coalescer[Sequence[Limit], list[int]] = Coalescer(self._send)
 
     async def check(self, limits: Sequence[Limit]) -> Decision:
-        args: list[str | int] = []
-        for limit in limits:
-            args += [round(limit.spec.period_s * 1_000_000), limit.spec.limit, limit.spec.cost]
         started = time.perf_counter()
         try:
-            raw = await self._script(keys=[lim.key for lim in limits], args=args)
+            values = await self._checks(limits)
         finally:
             RATELIMIT_CHECK_DURATION.observe(time.perf_counter() - started)
-        values = [int(v) for v in raw]
         states = tuple(
             LimitState(
                 policy=lim.policy,
@@ -198,6 +208,22 @@ class RateLimiter:
             for i, lim in enumerate(limits)
         )
         return Decision(allowed=values[0] == 1, states=states)
+
+    async def _send(self, batch: list[Sequence[Limit]]) -> list[list[int]]:
+        keys: list[str] = []
+        args: list[str | int] = [len(batch)]
+        for limits in batch:
+            args.append(len(limits))
+            for limit in limits:
+                keys.append(limit.key)
+                args += [round(limit.spec.period_s * 1_000_000), limit.spec.limit, limit.spec.cost]
+        raw = await self._script(keys=keys, args=args)
+        results, at = [], 0
+        for limits in batch:
+            width = 1 + 3 * len(limits)
+            results.append([int(v) for v in raw[at : at + width]])
+            at += width
+        return results
 
 
 class RateLimitMiddleware:

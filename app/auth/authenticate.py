@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal, unauthorized
+from app.coalesce import Coalescer
 from app.problems import ProblemError
 from events.identity.roles import ADMIN, PERMISSIONS, permissions_of
 from security.apikeys import parse_api_key, verify_api_key_secret
@@ -41,6 +42,7 @@ log = logging.getLogger("uait.auth")
 SESSION_DENY = "deny:sid:"
 KEY_DENY = "deny:key:"
 KEY_USED = "used:key:"
+NOTE_USE_EVERY_S = 60
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class Authenticator:
         self.auditor = auditor
         self.key_cache_s = key_cache_s
         self._keys: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._noted: dict[str, float] = {}  # key id -> when this process last noted its use
+        # The concurrent requests' deny-list lookups, as one MGET.
+        self._deny_lookups: Coalescer[str, bool] = Coalescer(self._on_deny_list)
 
     async def authenticate(self, request: HTTPConnection) -> Principal:
         cached = getattr(request.state, "principal", None)
@@ -157,7 +162,7 @@ class Authenticator:
         """On the shared deny-list; without Redis, revoked according to PostgreSQL."""
         if self.redis is not None:
             try:
-                return bool(await self.redis.exists(key))
+                return await self._deny_lookups(key)
             except (RedisError, OSError) as exc:
                 log.warning("deny-list unavailable, checking PostgreSQL: %s", exc)
         try:
@@ -173,6 +178,10 @@ class Authenticator:
                 headers={"Retry-After": "1"},
             ) from None
         return row is None or bool(row[0])
+
+    async def _on_deny_list(self, keys: list[str]) -> list[bool]:
+        assert self.redis is not None
+        return [value is not None for value in await self.redis.mget(keys)]
 
     async def _key(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()
@@ -221,8 +230,17 @@ class Authenticator:
         """``last_used_at`` and a ``key.used`` audit entry, at most once a minute per key."""
         if self.redis is None:
             return
+        now = time.monotonic()
+        if now - self._noted.get(record.key_id, -NOTE_USE_EVERY_S) < NOTE_USE_EVERY_S:
+            return  # this process noted it within the minute: no round trip to Redis
+        if len(self._noted) > 10_000:
+            self._noted.clear()
+        self._noted[record.key_id] = now
         try:
-            first = await self.redis.set(KEY_USED + record.key_id, "1", nx=True, ex=60)
+            # Once a minute across replicas.
+            first = await self.redis.set(
+                KEY_USED + record.key_id, "1", nx=True, ex=NOTE_USE_EVERY_S
+            )
         except (RedisError, OSError):
             return
         if not first:

@@ -16,6 +16,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
 from app.publisher import BrokerUnavailableError
@@ -24,8 +25,6 @@ from events.ids import NO_USER
 from workers.breaker import CHANGES_KEY
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from app.publisher import CommandPublisher
 
 log = logging.getLogger("uait.auth")
@@ -46,10 +45,32 @@ def record_of(entry_id: str, fields: dict[str, str]) -> RecordAuditEvent:
     )
 
 
+def blocking_client(redis: Redis, block_ms: int) -> Redis:
+    """A one-connection client of the same server whose reads outlast ``block_ms``.
+
+    The shared pool's read timeout is a fraction of a second (a dead Redis must not stall a
+    request), so a blocking XREADGROUP on it would time out before the server answers.
+    """
+    shared = redis.connection_pool
+    kwargs = dict(shared.connection_kwargs)
+    # The margin covers a busy event loop that handles the answer late.
+    kwargs["socket_timeout"] = block_ms / 1000 + 5.0
+    pool = ConnectionPool(connection_class=shared.connection_class, max_connections=1, **kwargs)
+    return Redis(connection_pool=pool)
+
+
 async def relay_breaker_changes(
     redis: Redis, publisher: CommandPublisher, *, block_ms: int = 1000
 ) -> None:
     """Until cancelled: publish each new state change as an audit entry, then acknowledge it."""
+    redis = blocking_client(redis, block_ms)
+    try:
+        await _relay(redis, publisher, block_ms)
+    finally:
+        await redis.aclose(close_connection_pool=True)
+
+
+async def _relay(redis: Redis, publisher: CommandPublisher, block_ms: int) -> None:
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     ready = False
     while True:

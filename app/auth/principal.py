@@ -71,6 +71,16 @@ BEARER = HTTPBearer(auto_error=False, description="an access token from /v1/auth
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="uait_<id>_<secret>")
 
 
+async def authorize(request: Request, permission: str) -> Principal:
+    """The authenticated principal of ``request``, refused unless it holds ``permission``."""
+    principal: Principal = await request.app.state.auth.authenticator.authenticate(request)
+    if permission not in principal.permissions:
+        raise forbidden(permission)
+    request.state.principal = principal
+    current_principal.set(principal)
+    return principal
+
+
 def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the authenticated principal, refused unless it holds ``permission``."""
 
@@ -79,15 +89,11 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
         _bearer: HTTPAuthorizationCredentials | None = Security(BEARER),
         _key: str | None = Security(API_KEY),
     ) -> Principal:
-        principal: Principal = await request.app.state.auth.authenticator.authenticate(request)
-        if permission not in principal.permissions:
-            raise forbidden(permission)
-        request.state.principal = principal
-        current_principal.set(principal)
-        return principal
+        return await authorize(request, permission)
 
     dependency.__name__ = f"require_{permission.replace(':', '_')}"
+    dependency.permission = permission  # type: ignore[attr-defined]  # read by app.lanes
     return dependency
 
 
-__all__ = ["SELF", "Principal", "forbidden", "require", "unauthorized"]
+__all__ = ["SELF", "Principal", "authorize", "forbidden", "require", "unauthorized"]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.auth.principal import Principal, require
 from app.commanding import submit
 from app.deps import Deps, deps
+from app.lanes import lane
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError
 from events.ids import uuid7
@@ -123,6 +124,10 @@ async def ingest_document(
         success_status=201,
         extra={"document_id": document_id},
     )
+
+
+# POST /v1/knowledge/documents is the busiest route: served by a lane (app.lanes).
+LANES = (lane("POST", f"{router.prefix}/documents", ingest_document, status_code=202),)
 
 
 @router.delete(
