@@ -11,6 +11,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psycopg
 
 from app.coalesce import Coalescer
@@ -27,11 +28,15 @@ log = logging.getLogger("uait.ingress")
 Row = tuple["uuid.UUID", str, str, "datetime", str | None]
 
 
+# One JSON parameter for the whole batch: psycopg dumps five arrays element by element in
+# Python, orjson writes the JSON in C, and PostgreSQL unpacks it.
 INSERT = (
     "INSERT INTO command_log (command_id, context, command_type, accepted_at, actor)"
-    " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])"
+    " SELECT * FROM json_to_recordset(%s::json) AS r(command_id uuid, context text,"
+    " command_type text, accepted_at timestamptz, actor text)"
     " ON CONFLICT (command_id) DO NOTHING"
 )
+FIELDS = ("command_id", "context", "command_type", "accepted_at", "actor")
 
 
 class AcceptedLog:
@@ -52,13 +57,13 @@ class AcceptedLog:
         await self._rows(row)
 
     async def _write(self, rows: list[Row]) -> list[None]:
-        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        batch = orjson.dumps([dict(zip(FIELDS, row, strict=True)) for row in rows]).decode()
         for attempt in (1, 2):
             try:
                 if self._conn is None:
                     self._conn = await self.pool.getconn()
                     await self._conn.set_autocommit(True)
-                await self._conn.execute(INSERT, columns, prepare=True)
+                await self._conn.execute(INSERT, (batch,), prepare=True)
                 break
             except psycopg.OperationalError:
                 # A connection broken since the last batch (PostgreSQL restarted): once more on

@@ -5,14 +5,17 @@ round trip (one statement, one script call), hands each waiter its own result, t
 queued meanwhile. Alone, a request waits only for its own round trip; under load a batch holds
 every request that arrived while the previous one was on the wire, so the per-call cost of the
 client library (pool checkout, timeouts, packing, parsing) is paid once per batch, not per
-request. A failed round trip raises its exception in every waiter of that batch.
+request. A failed round trip raises its exception in every waiter of that batch; ``send`` may
+also fail single items, by returning an exception as their result, or return a future for an
+item whose result comes later (its waiter then waits for that future: one suspension, not two).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Generic, TypeVar
+import functools
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +28,10 @@ class Coalescer(Generic[T, R]):
     """``await coalescer(item)`` -> its result from ``send(batch)`` (one result per item)."""
 
     def __init__(
-        self, send: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int = 1000
+        self,
+        send: Callable[[list[T]], Awaitable[Sequence[R | asyncio.Future[R] | BaseException]]],
+        *,
+        max_batch: int = 1000,
     ) -> None:
         self._send = send
         self.max_batch = max_batch
@@ -70,5 +76,22 @@ class Coalescer(Generic[T, R]):
                     future.set_exception(exc)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, BaseException):  # this item failed, the others did not
+                future.set_exception(result)
+            elif isinstance(result, asyncio.Future):  # known later: the waiter waits for it
+                result.add_done_callback(functools.partial(_settle, future))
+            else:
                 future.set_result(result)
+
+
+def _settle(waiter: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if waiter.done():
+        return
+    if source.cancelled():
+        waiter.cancel()
+    elif (error := source.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(source.result())

@@ -23,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
+from app.coalesce import Coalescer
 from events.envelope import Envelope, dumps, wrap
 from events.topics import command_topic
-from telemetry.metrics import MESSAGES_PUBLISHED, PUBLISH_DURATION
+from telemetry.metrics import MESSAGES_PUBLISHED, PUBLISH_DURATION, Children
 from telemetry.tracing import current_traceparent, extract, tracer, tracing_enabled
 
 if TYPE_CHECKING:
@@ -39,6 +41,24 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from events.base import Command
+
+
+Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+"""(topic, key, value, headers) of one record to send."""
+
+
+MESSAGES_PUBLISHED_OF = Children(MESSAGES_PUBLISHED)
+PUBLISH_DURATION_OF = Children(PUBLISH_DURATION)
+
+
+class Sent(NamedTuple):
+    """Where a record was stored."""
+
+    partition: int
+    offset: int
+
+
+Acked = asyncio.Future[Sent]
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -77,7 +97,7 @@ class CommandPublisher:
         *,
         timeout_s: float = 5.0,
         max_message_bytes: int = 1024 * 1024,
-        linger_ms: int = 2,
+        linger_ms: int = 0,
         signer: Callable[[str, Command], str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
@@ -88,6 +108,8 @@ class CommandPublisher:
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._partitioner = DefaultPartitioner()
+        self._records: Coalescer[Record, Sent] = Coalescer(self._enqueue)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -128,6 +150,50 @@ class CommandPublisher:
                 self._producer = producer
         assert self._producer is not None
         return self._producer
+
+    async def _enqueue(self, records: list[Record]) -> list[Acked | BaseException]:
+        """Hand the records to the producer as one batch per partition; each record's result
+        is a future of its acknowledgement (``send_raw`` queues them and awaits that).
+
+        Building a batch and handing it over whole costs far less per record than one
+        ``producer.send`` each. Partitions are chosen as ``producer.send`` chooses them, so a
+        key lands where the other producers of the system put it. The next records are
+        enqueued while these wait for their acks: the producer sends one batch per partition
+        at a time, in the order enqueued, so a key's records stay in order.
+        """
+        producer = await self._ensure()
+        if not await _reachable(producer):
+            return [
+                BrokerUnavailableError(f"no broker of {self.bootstrap} is reachable")
+                for _ in records
+            ]
+        loop = asyncio.get_running_loop()
+        results: list[Acked | BaseException] = [loop.create_future() for _ in records]
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
+        for i, (topic, key, _value, _headers) in enumerate(records):
+            if topic not in partitions:
+                known = list(await producer.partitions_for(topic))
+                available = list(producer.client.cluster.available_partitions_for_topic(topic))
+                partitions[topic] = (known, available)
+            partition = self._partitioner(key, *partitions[topic])
+            by_partition.setdefault((topic, partition), []).append(i)
+        for (topic, partition), indexes in by_partition.items():
+            builder, members = producer.create_batch(), list[tuple[Acked, int]]()
+            for i in indexes:
+                _topic, key, value, headers = records[i]
+                appended = builder.append(timestamp=None, key=key, value=value, headers=headers)
+                if appended is None and members:  # full: send it, go on in a new one
+                    _settle(await producer.send_batch(builder, topic, partition=partition), members)
+                    builder, members = producer.create_batch(), []
+                    appended = builder.append(timestamp=None, key=key, value=value, headers=headers)
+                if appended is None:
+                    results[i] = MessageTooLargeError("the record does not fit in a batch")
+                    continue
+                members.append((cast("Acked", results[i]), appended.offset))
+            if members:
+                _settle(await producer.send_batch(builder, topic, partition=partition), members)
+        return results
 
     async def publish(
         self,
@@ -189,30 +255,46 @@ class CommandPublisher:
     ) -> Any:
         """Send bytes as they are and wait for ``acks=all``; returns the record metadata."""
         if len(value) > self.max_message_bytes:
-            MESSAGES_PUBLISHED.labels(topic, "too_large").inc()
+            MESSAGES_PUBLISHED_OF(topic, "too_large").inc()
             raise MessageTooLargeError(
                 f"message is {len(value)} bytes; the broker limit is {self.max_message_bytes}"
             )
         started = time.perf_counter()
         sending = False
         try:
-            producer = await self._ensure()
+            await self._ensure()  # a broker that cannot be reached: certainly not sent
             async with asyncio.timeout(self.timeout_s):
-                if not await _reachable(producer):
-                    raise BrokerUnavailableError(f"no broker of {self.bootstrap} is reachable")
-                sending = True
-                future = await producer.send(topic, value, key=key, headers=list(headers))
-            metadata = await asyncio.wait_for(future, self.timeout_s)
+                sending = True  # from here on it may be sent, even if the wait runs out
+                metadata = await self._records((topic, key, value, list(headers)))
         except (TimeoutError, KafkaError, OSError, BrokerUnavailableError) as exc:
-            MESSAGES_PUBLISHED.labels(topic, "error").inc()
+            MESSAGES_PUBLISHED_OF(topic, "error").inc()
             if isinstance(exc, BrokerUnavailableError):
                 raise
             raise BrokerUnavailableError(
                 f"publish to {topic} failed: {exc!r}", maybe_sent=sending
             ) from exc
-        MESSAGES_PUBLISHED.labels(topic, "ok").inc()
-        PUBLISH_DURATION.labels(topic).observe(time.perf_counter() - started)
+        MESSAGES_PUBLISHED_OF(topic, "ok").inc()
+        PUBLISH_DURATION_OF(topic).observe(time.perf_counter() - started)
         return metadata
+
+
+def _settle(batch: asyncio.Future[Any], members: list[tuple[Acked, int]]) -> None:
+    """When ``batch`` is acknowledged (or fails), so is each of its records."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        error = None if future.cancelled() else future.exception()
+        for acked, relative in members:
+            if acked.done():
+                continue
+            if future.cancelled():
+                acked.cancel()
+            elif error is not None:
+                acked.set_exception(error)
+            else:
+                meta = future.result()
+                acked.set_result(Sent(meta.partition, meta.offset + relative))
+
+    batch.add_done_callback(done)
 
 
 async def _reachable(producer: AIOKafkaProducer) -> bool:

@@ -22,7 +22,7 @@ from app.asgi import send_problem
 from app.auth.edge import principal_of
 from app.clientip import client_ip, in_networks
 from app.coalesce import Coalescer
-from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS
+from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS, Children
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from infra.settings import RateLimitPolicy, Settings
 
 log = logging.getLogger("uait.ingress")
+RATELIMIT_DECISIONS_OF = Children(RATELIMIT_DECISIONS)
 
 # GCRA per key: TAT (theoretical arrival time, microseconds of the Redis clock) in a string key.
 # Emission interval T = period / limit; a request of cost c fits when new_tat - now <= period,
@@ -262,7 +263,7 @@ class RateLimitMiddleware:
             closed = [lim.policy for lim in limits if not lim.spec.fail_open]
             for lim in limits:
                 decision_label = FAILED_CLOSED if not lim.spec.fail_open else FAILED_OPEN
-                RATELIMIT_DECISIONS.labels(lim.policy, decision_label).inc()
+                RATELIMIT_DECISIONS_OF(lim.policy, decision_label).inc()
             log.warning("rate limiter unavailable (%s); failing %s", exc, closed or "open")
             if closed:
                 await send_problem(
@@ -281,7 +282,7 @@ class RateLimitMiddleware:
         for state in decision.states:
             label = ALLOWED if decision.allowed else LIMITED if state.policy in refused else None
             if label:
-                RATELIMIT_DECISIONS.labels(state.policy, label).inc()
+                RATELIMIT_DECISIONS_OF(state.policy, label).inc()
         headers = response_headers(decision)
         if not decision.allowed:
             await send_problem(

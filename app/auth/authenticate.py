@@ -27,7 +27,7 @@ from app.problems import ProblemError
 from events.identity.roles import ADMIN, PERMISSIONS, permissions_of
 from security.apikeys import parse_api_key, verify_api_key_secret
 from security.tokens import TokenError
-from telemetry.metrics import AUTH_DECISIONS
+from telemetry.metrics import AUTH_DECISIONS, Children
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from security.tokens import Tokens
 
 log = logging.getLogger("uait.auth")
+AUTH_DECISIONS_OF = Children(AUTH_DECISIONS)
 
 SESSION_DENY = "deny:sid:"
 KEY_DENY = "deny:key:"
@@ -93,7 +94,7 @@ class Authenticator:
         elif api_key:
             principal = await self._api_key(api_key.strip(), request)
         else:
-            AUTH_DECISIONS.labels("none", "refused").inc()
+            AUTH_DECISIONS_OF("none", "refused").inc()
             raise unauthorized("authentication required: a bearer token or an X-API-Key")
         request.state.principal = principal
         return principal
@@ -103,16 +104,16 @@ class Authenticator:
             claims = self.tokens.verify_access(token)
         except TokenError as exc:
             log.info("access token refused: %s", exc.reason)
-            AUTH_DECISIONS.labels("bearer", "refused").inc()
+            AUTH_DECISIONS_OF("bearer", "refused").inc()
             raise unauthorized("invalid token") from None
         if not claims.session_id or await self._denied(
             SESSION_DENY + claims.session_id,
             "SELECT revoked_at IS NOT NULL FROM auth_sessions WHERE session_id = %s::uuid",
             claims.session_id,
         ):
-            AUTH_DECISIONS.labels("bearer", "revoked").inc()
+            AUTH_DECISIONS_OF("bearer", "revoked").inc()
             raise unauthorized("the session was revoked")
-        AUTH_DECISIONS.labels("bearer", "ok").inc()
+        AUTH_DECISIONS_OF("bearer", "ok").inc()
         return Principal(
             user_id=claims.subject,
             kind="user",
@@ -125,7 +126,7 @@ class Authenticator:
     async def _api_key(self, value: str, request: HTTPConnection) -> Principal:
         parsed = parse_api_key(value)
         if parsed is None:
-            AUTH_DECISIONS.labels("api_key", "refused").inc()
+            AUTH_DECISIONS_OF("api_key", "refused").inc()
             raise unauthorized("invalid API key")
         key_id, secret = parsed
         record = await self._key(key_id)
@@ -137,18 +138,18 @@ class Authenticator:
             or not record.owner_active
             or (record.expires_at is not None and record.expires_at <= now)
         ):
-            AUTH_DECISIONS.labels("api_key", "refused").inc()
+            AUTH_DECISIONS_OF("api_key", "refused").inc()
             raise unauthorized("invalid, expired or revoked API key")
         if await self._denied(
             KEY_DENY + key_id,
             "SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_id = %s",
             key_id,
         ):
-            AUTH_DECISIONS.labels("api_key", "revoked").inc()
+            AUTH_DECISIONS_OF("api_key", "revoked").inc()
             raise unauthorized("invalid, expired or revoked API key")
         owner = permissions_of(record.owner_roles)
         scopes = PERMISSIONS if ADMIN in record.scopes else frozenset(record.scopes)
-        AUTH_DECISIONS.labels("api_key", "ok").inc()
+        AUTH_DECISIONS_OF("api_key", "ok").inc()
         await self._note_use(record, request)
         return Principal(
             user_id=record.user_id,
