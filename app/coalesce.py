@@ -54,6 +54,7 @@ class Coalescer(Generic[T, R]):
 
     async def _drain(self) -> None:
         try:
+            await asyncio.sleep(0)
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]

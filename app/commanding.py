@@ -47,10 +47,26 @@ def preferred_wait(prefer: str | None, cap: float) -> float:
     return min(float(match.group(1)), cap) if match else 0.0
 
 
+_BASES: dict[tuple[Any, ...], str] = {}
+
+
 def status_url(request: Request, command_id: Any) -> str:
     """The absolute URL of ``GET /v1/commands/{id}`` (built directly: url_for walks every
-    route, which costs more than the rest of a publish)."""
-    return f"{str(request.base_url).rstrip('/')}/v1/commands/{command_id}"
+    route, which costs more than the rest of a publish; the base URL is kept per scheme, host
+    and root path, which Starlette would parse again on every request)."""
+    scope = request.scope
+    key = (
+        scope.get("scheme"),
+        scope.get("server"),
+        scope.get("root_path"),
+        request.headers.get("host"),
+    )
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) > 1000:  # the Host header is the client's to choose
+            _BASES.clear()
+        base = _BASES[key] = str(request.base_url).rstrip("/")
+    return f"{base}/v1/commands/{command_id}"
 
 
 async def submit(
@@ -87,7 +103,8 @@ async def submit(
             status_url=status_url(request, message_id),
         ) from exc
     command_id = envelope.message_id
-    logs.command_id.set(str(command_id))
+    cid = str(command_id)
+    logs.command_id.set(cid)
     logs.correlation_id.set(str(envelope.correlation_id))
     # Best effort: the command is already on Kafka, and the worker records the same row when
     # it starts it. Failing here would make a retrying client send the command twice.
@@ -99,8 +116,8 @@ async def submit(
             await d.queries.log_accepted(*row)
     except (psycopg.Error, PoolTimeout) as exc:
         log.warning("could not note command %s as accepted: %s", command_id, exc)
-    url = status_url(request, command_id)
-    accepted = {"command_id": str(command_id), "status_url": url, **(extra or {})}
+    url = status_url(request, cid)
+    accepted = {"command_id": cid, "status_url": url, **(extra or {})}
     wait = preferred_wait(request.headers.get("prefer"), d.settings.max_wait_s)
     headers = {"Location": url}
     if wait <= 0:

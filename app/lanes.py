@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from fastapi import FastAPI
+    from starlette.types import Receive, Scope, Send
 
 
 def _roles(endpoint: Callable[..., Any]) -> dict[str, tuple[str, Any]]:
@@ -61,33 +62,51 @@ def _roles(endpoint: Callable[..., Any]) -> dict[str, tuple[str, Any]]:
     return roles
 
 
-def lane(method: str, path: str, endpoint: Callable[..., Any], *, status_code: int = 200) -> Route:
-    """A Starlette route serving ``method path`` with ``endpoint`` (see the module's doc)."""
-    roles = _roles(endpoint)
-    by_kind = {kind: value for kind, value in roles.values()}
-    permission: str = by_kind["principal"]
-    model: type[BaseModel] = by_kind["body"]
+class Lane:
+    """The ASGI app of one lane: ``route`` mounts it (see the module's doc).
 
-    async def serve(request: Request) -> Response:
-        request.scope["route"] = route  # the template, for metrics and spans
-        who = await authorize(request, permission)
+    A plain ASGI app, not a request -> response endpoint: what it raises reaches the app's
+    exception handlers as it is, without one more wrapper on every request.
+    """
+
+    def __init__(
+        self, method: str, path: str, endpoint: Callable[..., Any], *, status_code: int = 200
+    ) -> None:
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.roles = _roles(endpoint)
+        by_kind = {kind: value for kind, value in self.roles.values()}
+        self.permission: str = by_kind["principal"]
+        self.model: type[BaseModel] = by_kind["body"]
+        self.route = Route(path, self, methods=[method], include_in_schema=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route  # the template, for metrics and spans
+        response = await self.serve(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def serve(self, request: Request) -> Response:
+        who = await authorize(request, self.permission)
         raw = await request.body()
         try:
-            body = model.model_validate_json(raw)
+            body = self.model.model_validate_json(raw)
         except ValidationError as exc:
             errors = [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
             raise RequestValidationError(errors, body=raw) from None
         values = {"body": body, "request": request, "deps": request.app.state.deps}
         kwargs = {
-            name: who if kind == "principal" else values[kind] for name, (kind, _) in roles.items()
+            name: who if kind == "principal" else values[kind]
+            for name, (kind, _) in self.roles.items()
         }
-        result = await endpoint(**kwargs)
+        result = await self.endpoint(**kwargs)
         if isinstance(result, Response):
             return result
-        return JSONResponse(jsonable_encoder(result), status_code=status_code)
+        return JSONResponse(jsonable_encoder(result), status_code=self.status_code)
 
-    route = Route(path, serve, methods=[method], include_in_schema=False)
-    return route
+
+def lane(method: str, path: str, endpoint: Callable[..., Any], *, status_code: int = 200) -> Route:
+    """A Starlette route serving ``method path`` with ``endpoint`` (see the module's doc)."""
+    return Lane(method, path, endpoint, status_code=status_code).route
 
 
 def install_lanes(app: FastAPI, *lanes: Route) -> None:

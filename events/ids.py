@@ -15,6 +15,26 @@ NO_USER = uuid.UUID(int=0)
 
 _last_ms = 0
 _counter = 0
+_random = b""  # os.urandom read 4 KiB at a time: one system call per 400 ids, not per id
+_used = 0
+
+
+def _random_bits(nbytes: int) -> int:
+    global _random, _used
+    if _used + nbytes > len(_random):
+        _random, _used = os.urandom(4096), 0
+    value = int.from_bytes(_random[_used : _used + nbytes], "big")
+    _used += nbytes
+    return value
+
+
+def _forget_random() -> None:
+    global _random, _used
+    _random, _used = b"", 0
+
+
+# A forked child must not hand out its parent's unused random bytes again.
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def uuid7() -> uuid.UUID:
@@ -32,9 +52,9 @@ def uuid7() -> uuid.UUID:
             ms += 1
             _counter = 0
     else:
-        _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
+        _counter = _random_bits(2) & 0x3FF  # leave room to count up
     _last_ms = ms
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand = _random_bits(8) & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | _counter << 64 | 0b10 << 62 | rand
     return uuid.UUID(int=value)
 
