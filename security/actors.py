@@ -47,17 +47,17 @@ class ActorIssuer:
     def __init__(self, tokens: Tokens, *, clock: Callable[[], float] = time.time) -> None:
         self.tokens = tokens
         self.clock = clock
-        self._issued: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
+        self._issued: dict[tuple[str, frozenset[str]], tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     def issue(self, actor: str, scopes: list[str] | tuple[str, ...] | frozenset[str]) -> str:
-        key = (actor, tuple(sorted(scopes)))
+        key = (actor, scopes if isinstance(scopes, frozenset) else frozenset(scopes))
         now = self.clock()
         with self._lock:
             hit = self._issued.get(key)
             if hit is not None and hit[0] - now > REUSE_MARGIN_S:
                 return hit[1]
-        token = self.tokens.issue_actor(subject=actor, scopes=list(key[1]))
+        token = self.tokens.issue_actor(subject=actor, scopes=sorted(key[1]))
         expires = now + self.tokens.config.actor_ttl_s
         with self._lock:
             if len(self._issued) > 10_000:

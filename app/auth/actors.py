@@ -25,8 +25,10 @@ class IngressSigner:
         self.issuer = issuer
 
     def __call__(self, actor: str, command: Command) -> str:
-        scopes = {required_scope(command)}
+        required = required_scope(command)
         principal = current_principal.get()
         if principal is not None and principal.actor == actor:
-            scopes |= principal.permissions
-        return self.issuer.issue(actor, frozenset(scopes))
+            if required in principal.permissions:  # the usual case: no new set to hash
+                return self.issuer.issue(actor, principal.permissions)
+            return self.issuer.issue(actor, principal.permissions | {required})
+        return self.issuer.issue(actor, frozenset({required}))
