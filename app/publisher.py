@@ -52,8 +52,9 @@ PUBLISH_DURATION_OF = Children(PUBLISH_DURATION)
 
 
 class Sent(NamedTuple):
-    """Where a record was stored."""
+    """Where a record was stored (the fields of aiokafka's RecordMetadata that say so)."""
 
+    topic: str
     partition: int
     offset: int
 
@@ -292,7 +293,7 @@ def _settle(batch: asyncio.Future[Any], members: list[tuple[Acked, int]]) -> Non
                 acked.set_exception(error)
             else:
                 meta = future.result()
-                acked.set_result(Sent(meta.partition, meta.offset + relative))
+                acked.set_result(Sent(meta.topic, meta.partition, meta.offset + relative))
 
     batch.add_done_callback(done)
 

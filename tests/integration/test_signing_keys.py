@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 CONFIG = TokenConfig(issuer="https://auth.uait.test", audience="uait-api")
 TTL = CONFIG.max_token_ttl_s  # 930 s
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+# Now, not a fixed date: the async loader reads the keys as of the real clock.
+T0 = datetime.now(UTC).replace(microsecond=0)
 
 
 class Clock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,8 +29,20 @@ class _Client:
     def brokers(self) -> set[_Broker]:
         return self.known
 
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
     async def ready(self, node_id: int) -> bool:
         return self.connectable
+
+
+@dataclass
+class _Builder:
+    values: list[bytes] = field(default_factory=list)
+
+    def append(self, *, value: bytes, **_: Any) -> SimpleNamespace:
+        self.values.append(value)
+        return SimpleNamespace(offset=len(self.values) - 1)
 
 
 class _Producer:
@@ -39,8 +52,14 @@ class _Producer:
         self.client = _Client(connectable)
         self.sent: list[bytes] = []
 
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
-        self.sent.append(value)
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> _Builder:
+        return _Builder()
+
+    async def send_batch(self, batch: _Builder, topic: str, **_: Any) -> asyncio.Future[None]:
+        self.sent.extend(batch.values)
         return asyncio.get_running_loop().create_future()  # never acknowledged
 
 
