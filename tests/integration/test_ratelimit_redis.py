@@ -149,3 +149,23 @@ async def test_an_idempotency_key_is_reserved_once_then_completed_or_released(
     assert token is not None
     await store.release(other, token)
     assert await redis.exists(other) == 0
+
+
+async def test_requests_sharing_one_script_call_are_decided_in_order_each_on_its_own_stack(
+    redis: Redis,
+) -> None:
+    limiter = RateLimiter(redis)
+    a, b, shared = (
+        limit("knowledge", 3, 3600),
+        limit("knowledge", 5, 3600),
+        limit("default", 6, 3600),
+    )
+    stacks = [[a, shared], [b, shared]] * 6  # concurrent: they go to Redis as one batch
+    decisions = await asyncio.gather(*(limiter.check(stack) for stack in stacks))
+    # a fits 3, the shared limit 6: the seventh (a's fourth) is refused by a alone and takes
+    # nothing of the shared limit, which the sixth request already filled.
+    assert [d.allowed for d in decisions] == [True] * 6 + [False] * 6
+    assert decisions[6].states[0].retry_us > 0
+    assert decisions[6].states[1].remaining == 0
+    assert not (await limiter.check([shared])).allowed
+    assert (await limiter.check([b])).states[0].remaining == 5 - 3 - 1
