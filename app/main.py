@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
     from infra.settings import Settings
 
+GC_THRESHOLD = 10_000  # allocations between young collections (CPython default 700)
 log = logging.getLogger("uait.ingress")
 
 
@@ -62,7 +64,13 @@ class Readiness(BaseModel):
     checks: dict[str, Literal["pass", "fail"]]
 
 
-def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -> FastAPI:
+def create_app(
+    settings: Settings, *, database_url: str, kafka_bootstrap: str, tune_gc: bool = False
+) -> FastAPI:
+    """The ingress app. ``tune_gc`` (the server process, not tests that build many apps): once
+    started, what start-up built is frozen out of the collector's sight and young collections
+    run less often; a publish allocates much, and each collection walks what is young."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -132,6 +140,10 @@ def create_app(settings: Settings, *, database_url: str, kafka_bootstrap: str) -
             app.state.auth.tasks.append(
                 asyncio.create_task(relay_breaker_changes(redis, publisher), name="breaker-audit")
             )
+        if tune_gc:
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         try:
             yield
         finally:

@@ -400,7 +400,10 @@ def ingress(
 
     ensure_signing_key(settings)
     api = create_app(
-        settings, database_url=settings.database_url, kafka_bootstrap=settings.kafka_bootstrap
+        settings,
+        database_url=settings.database_url,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        tune_gc=True,
     )
     uvicorn.run(
         api,
