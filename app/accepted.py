@@ -40,13 +40,16 @@ FIELDS = ("command_id", "context", "command_type", "accepted_at", "actor")
 
 
 class AcceptedLog:
-    """The writer keeps one pooled connection (autocommit, the statement prepared): a batch is
-    one round trip, not a checkout check, the INSERT and a COMMIT."""
+    """While commands keep coming, the writer keeps one pooled connection (autocommit, the
+    statement prepared): a batch is one round trip, not a checkout check, the INSERT and a
+    COMMIT. It gives the connection back whenever its queue runs empty."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], *, max_batch: int = 2000) -> None:
         self.pool = pool
         self._conn: AsyncConnection[Any] | None = None
-        self._rows: Coalescer[Row, None] = Coalescer(self._write, max_batch=max_batch)
+        self._rows: Coalescer[Row, None] = Coalescer(
+            self._write, max_batch=max_batch, on_idle=self._release
+        )
 
     async def stop(self) -> None:
         await self._rows.close()

@@ -32,9 +32,12 @@ class Coalescer(Generic[T, R]):
         send: Callable[[list[T]], Awaitable[Sequence[R | asyncio.Future[R] | BaseException]]],
         *,
         max_batch: int = 1000,
+        on_idle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``on_idle``: awaited when the queue runs empty (e.g. to give back a connection)."""
         self._send = send
         self.max_batch = max_batch
+        self._on_idle = on_idle
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -54,11 +57,14 @@ class Coalescer(Generic[T, R]):
 
     async def _drain(self) -> None:
         try:
+            # One loop iteration first: the requests that are ready now join this batch.
             await asyncio.sleep(0)
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
                 await self._one(batch)
+                if not self._queue and self._on_idle is not None:
+                    await self._on_idle()  # calls queued meanwhile go on in this loop
         finally:
             self._drainer = None
 

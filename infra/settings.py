@@ -162,7 +162,9 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0)
     max_wait_s: float = Field(default=30.0, gt=0, description="cap on Prefer: wait=N and ?after=")
     db_pool_min: int = Field(default=1, ge=0)
-    db_pool_max: int = Field(default=10, ge=1)
+    db_pool_max: int = Field(
+        default=10, ge=2, description="the writer of accepted commands keeps one while they flow"
+    )
 
     # Redis (rate limits and idempotency keys), shared by every ingress replica
     redis_pool_max: int = Field(default=50, ge=1, description="ingress Redis connections")

@@ -113,3 +113,22 @@ async def test_close_waits_for_what_is_queued():
     await coalescer.close()
     assert [i for batch in server.batches for i in batch] == [0, 1, 2]
     assert [await p for p in pending] == [0, 2, 4]
+
+
+async def test_on_idle_runs_once_the_queue_runs_empty_not_between_busy_batches():
+    events: list[tuple[str, int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        events.append(("batch", len(items)))
+        await asyncio.sleep(0.01)
+        return items
+
+    async def idle() -> None:
+        events.append(("idle", 0))
+
+    coalescer = Coalescer(send, on_idle=idle)
+    first = asyncio.ensure_future(coalescer(1))
+    await asyncio.sleep(0.002)  # the first batch is on the wire
+    more = [asyncio.ensure_future(coalescer(i)) for i in range(2, 5)]
+    assert await asyncio.gather(first, *more) == [1, 2, 3, 4]
+    assert events == [("batch", 1), ("batch", 3), ("idle", 0)]
