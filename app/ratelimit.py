@@ -94,10 +94,12 @@ FAILED_CLOSED = "failed_closed"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 # (methods or None for any, path prefix, policies), first match wins; every /v1 path matches
-# the last row. Account routes will add ("POST", "/v1/auth/login", ("login",)) with an
-# ``account_ip`` scope.
+# the last row. Logins are throttled per account and IP by app.auth.throttle, on the same
+# limiter. The orchestration rows cover the agent routes as they land.
 ROUTE_GROUPS: tuple[tuple[frozenset[str] | None, str, tuple[str, ...]], ...] = (
     (WRITE_METHODS, "/v1/knowledge", ("knowledge", "default")),
+    (WRITE_METHODS, "/v1/agents", ("orchestration", "default")),
+    (WRITE_METHODS, "/v1/orchestration", ("orchestration", "default")),
     (frozenset({"POST"}), "/v1/auth/register", ("register",)),
     (None, "/v1", ("default",)),
 )

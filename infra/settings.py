@@ -36,6 +36,8 @@ class RateLimitPolicy(BaseModel):
 DEFAULT_RATE_LIMIT_POLICIES: dict[str, dict[str, Any]] = {
     "default": {"limit": 100, "period_s": 60, "cost": 1, "fail_open": True},
     "knowledge": {"limit": 40, "period_s": 60, "cost": 1, "fail_open": True},
+    # Agent runs and other orchestration: model inference behind each, so closed without Redis.
+    "orchestration": {"limit": 30, "period_s": 60, "cost": 1, "fail_open": False},
     "login": {"limit": 5, "period_s": 900, "cost": 1, "fail_open": False},
     "register": {"limit": 3, "period_s": 3600, "cost": 1, "fail_open": False},
 }

@@ -45,11 +45,15 @@ def test_retry_after_is_at_least_one_second(wait_us: int, seconds: int) -> None:
     assert retry_after_seconds(wait_us) == seconds
 
 
-def test_knowledge_writes_stack_two_limits_and_reads_one_and_health_none() -> None:
+def test_writes_stack_two_limits_and_reads_one_and_health_none() -> None:
     assert policies_for("POST", "/v1/knowledge/documents") == ("knowledge", "default")
     assert policies_for("DELETE", "/v1/knowledge/documents/x") == ("knowledge", "default")
     assert policies_for("GET", "/v1/knowledge/documents") == ("default",)
     assert policies_for("GET", "/v1/commands") == ("default",)
+    assert policies_for("POST", "/v1/agents/helper/runs") == ("orchestration", "default")
+    assert policies_for("POST", "/v1/orchestration/plans") == ("orchestration", "default")
+    assert policies_for("GET", "/v1/agents/helper/runs") == ("default",)
+    assert policies_for("POST", "/v1/agentsmith") == ("default",)
     for path in ("/livez", "/readyz", "/metrics", "/docs", "/openapi.json", "/v1x"):
         assert policies_for("GET", path) == ()
 
