@@ -124,6 +124,7 @@ class CommandPublisher:
         await self._ensure()
 
     async def stop(self) -> None:
+        await self._records.close()  # what is queued is handed over first
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()

@@ -70,3 +70,18 @@ async def test_concurrent_sends_keep_partitions_order_and_offsets(endpoints: End
     assert all(seq == sorted(seq) and len(seq) == 20 for seq in order.values())
     assert len(order) == len(keys)
     assert len({p for p, _, _, _ in stored}) > 1  # the keys were spread over partitions
+
+
+async def test_a_record_larger_than_a_batch_goes_alone_and_the_small_ones_around_it_too(
+    endpoints: Endpoints,
+):
+    bootstrap = endpoints.kafka_bootstrap
+    topic = f"uait.test.batches.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [TopicSpec(topic, 1, {})])
+    big = b"x" * (600 * 1024)  # far over the producer's 16 KiB batch size
+    values = [b"small-1", big, b"small-2", b"small-3"]
+    async with CommandPublisher(bootstrap) as publisher:
+        sent = await asyncio.gather(*(publisher.send_raw(topic, v, b"one-key") for v in values))
+    assert [s.offset for s in sent] == [0, 1, 2, 3]
+    stored = await consume_all(bootstrap, topic, len(values))
+    assert [value for _, _, _, value in sorted(stored)] == values
