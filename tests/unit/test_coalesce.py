@@ -128,7 +128,8 @@ async def test_on_idle_runs_once_the_queue_runs_empty_not_between_busy_batches()
 
     coalescer = Coalescer(send, on_idle=idle)
     first = asyncio.ensure_future(coalescer(1))
-    await asyncio.sleep(0.002)  # the first batch is on the wire
+    while not events:  # until the first batch is on the wire
+        await asyncio.sleep(0)
     more = [asyncio.ensure_future(coalescer(i)) for i in range(2, 5)]
     assert await asyncio.gather(first, *more) == [1, 2, 3, 4]
     assert events == [("batch", 1), ("batch", 3), ("idle", 0)]
