@@ -8,7 +8,6 @@ once), but not one INSERT per request: the rows queued meanwhile go in one state
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,8 +21,6 @@ if TYPE_CHECKING:
 
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
-
-log = logging.getLogger("uait.ingress")
 
 Row = tuple["uuid.UUID", str, str, "datetime", str | None]
 

@@ -58,7 +58,7 @@ def status_url(request: Request, command_id: Any) -> str:
     key = (
         scope.get("scheme"),
         scope.get("server"),
-        scope.get("root_path"),
+        scope.get("app_root_path", scope.get("root_path")),  # as Starlette's base_url
         request.headers.get("host"),
     )
     base = _BASES.get(key)

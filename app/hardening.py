@@ -65,9 +65,13 @@ def json_shape_error(body: bytes, max_depth: int, max_items: int) -> str | None:
     return None
 
 
+def media_type(content_type: str | None) -> str:
+    """``Application/JSON; charset=utf-8`` -> ``application/json`` ("" when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 def _media_type(headers: dict[bytes, bytes]) -> str:
-    raw = headers.get(b"content-type", b"").decode("latin-1")
-    return raw.split(";", 1)[0].strip().lower()
+    return media_type(headers.get(b"content-type", b"").decode("latin-1"))
 
 
 def is_json_media_type(media_type: str) -> bool:

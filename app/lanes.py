@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from app.auth.principal import authorize
 from app.deps import deps
-from app.hardening import is_json_media_type
+from app.hardening import is_json_media_type, media_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -112,7 +112,7 @@ def _json_body(raw: bytes, content_type: str | None) -> Any:
     if not raw:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing])
-    if not is_json_media_type((content_type or "").split(";", 1)[0].strip().lower()):
+    if not is_json_media_type(media_type(content_type)):
         return raw  # validated as it is, and refused, as FastAPI does
     try:
         return orjson.loads(raw)
