@@ -41,6 +41,7 @@ lint: setup
 	$(UV_RUN) ruff check .
 	$(UV_RUN) ruff format --check .
 	$(UV_RUN) mypy
+	$(UV_RUN) lint-imports
 
 # Config checkers for infra/ (promtool, amtool, docker-compose), from Debian's packages. Without
 # root or apt-get, the tests that need them are skipped with a message saying what to install.

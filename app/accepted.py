@@ -2,7 +2,7 @@
 
 Each accepted command's row is written before its 202 goes out (so its status URL answers at
 once), but not one INSERT per request: the rows queued meanwhile go in one statement
-(``app.coalesce``).
+(``infra.coalesce``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from app.coalesce import Coalescer
+from infra.coalesce import Coalescer
 
 if TYPE_CHECKING:
     import uuid

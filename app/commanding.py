@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
 from app.problems import ProblemError, problem
-from app.publisher import BrokerUnavailableError, MessageTooLargeError
 from events.ids import uuid7
+from infra.publisher import BrokerUnavailableError, MessageTooLargeError
 from telemetry import logs
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from projections.registry import all_projections
 from telemetry.health import CheckResult, health_document
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ class IngressHealth:
     async def _projections(self) -> str | None:
         behind = []
         heads: dict[str, int] = {}
-        for p in all_projections():
+        for p in self.d.contexts.projections():
             if p.context not in heads:
                 heads[p.context] = await self.d.queries.head(p.context)
             lag = heads[p.context] - self.d.watcher.positions.get(p.name, 0)

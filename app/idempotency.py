@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 
 from app.asgi import replay as _replay
 from app.asgi import send_problem
-from app.auth.edge import principal_of
 from app.clientip import client_ip
+from app.edge import principal_of
 from telemetry.metrics import IDEMPOTENCY_REQUESTS
 
 if TYPE_CHECKING:

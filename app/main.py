@@ -19,16 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
-import events  # noqa: F401  (registers every message type)
 from app import problems
 from app.accepted import AcceptedLog
-from app.auth import routes_account, routes_admin, routes_login
 from app.auth.actors import IngressSigner
 from app.auth.breaker_audit import relay_breaker_changes
 from app.auth.principal import forbidden
 from app.auth.runtime import build_auth
-from app.cache import Cache
-from app.cache.knowledge import CachedQueries
 from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
@@ -38,21 +34,20 @@ from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
 from app.positions import PositionWatcher
 from app.problems import V1_PROBLEMS, problem_responses
-from app.publisher import BrokerUnavailableError, CommandPublisher
 from app.queries import Queries
-from app.ratelimit import RateLimiter, RateLimitMiddleware
+from app.ratelimit import RateLimiter, RateLimitMiddleware, rate_limit_groups
 from app.redis_client import create_redis
-from app.routes import admin, breakers, commands, dlq, knowledge
+from app.routes import admin, breakers, commands, dlq
 from app.routes import events as events_routes
 from app.routes import workers as workers_routes
-from events.topics import CONTEXTS
-from projections.registry import all_projections
+from infra.publisher import BrokerUnavailableError, CommandPublisher
 from security.actors import ActorIssuer
 from telemetry.metrics import POOLS, REGISTRY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from app.deps import AppContexts, Closer
     from infra.settings import Settings
 
 log = logging.getLogger("uait.ingress")
@@ -64,12 +59,22 @@ class Readiness(BaseModel):
 
 
 def create_app(
-    settings: Settings, *, database_url: str, kafka_bootstrap: str, tune_gc: bool = False
+    settings: Settings,
+    contexts: AppContexts,
+    *,
+    database_url: str,
+    kafka_bootstrap: str,
+    tune_gc: bool = False,
 ) -> FastAPI:
-    """The ingress app. ``tune_gc`` (the server process, not tests that build many apps): once
-    started, what start-up built (modules, the app, keys, pools) is frozen out of the cyclic
-    collector's sight, so its collections stop walking it again and again (``uait bench
-    ingress``: publishes went from about 3,350 to 3,900-4,100 req/s)."""
+    """The ingress app, serving every context of ``contexts``.
+
+    ``tune_gc`` (the server process, not tests that build many apps): once started, what start-
+    up built (modules, the app, keys, pools) is frozen out of the cyclic collector's sight, so
+    its collections stop walking it again and again (``uait bench ingress``: publishes went from
+    about 3,350 to 3,900-4,100 req/s)."""
+
+    # Every policy, the contexts' too, checked before anything starts.
+    policies = settings.rate_limits(contexts.rate_limit_defaults)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,27 +100,17 @@ def create_app(
             log.warning("starting without Kafka: %s", exc)
         watcher = PositionWatcher(
             database_url,
-            {p.name: f"{p.context}_tracking" for p in all_projections()},
-            event_channels=tuple(f"{c}_events" for c in CONTEXTS),
+            {p.name: f"{p.context}_tracking" for p in contexts.projections()},
+            event_channels=tuple(f"{c}_events" for c in contexts.names),
         )
         await watcher.start()
         redis = create_redis(settings)
-        queries = Queries(pool)
-        cached: CachedQueries | None = None
+        queries = Queries(pool, contexts.outcome_tables)
         limiter: RateLimiter | None = None
         if redis is None:
             log.warning("UAIT_REDIS_URL is empty: rate limits fail open or closed per policy")
         else:
             POOLS.watch_redis("ingress", redis.connection_pool)
-            if settings.cache_enabled:
-                cache = Cache(
-                    redis,
-                    prefix=settings.cache_prefix,
-                    default_ttl_s=settings.cache_ttl_s,
-                    jitter=settings.cache_ttl_jitter,
-                    scan_batch=settings.cache_scan_batch,
-                )
-                cached = CachedQueries(queries, cache, watcher, settings)
             limiter = app.state.ratelimiter = RateLimiter(redis)
             # A reservation outlives the longest request (publish, then Prefer: wait).
             app.state.idempotency = IdempotencyStore(
@@ -124,32 +119,39 @@ def create_app(
                 in_flight_s=settings.publish_timeout_s + settings.max_wait_s + 30,
             )
         accepted = AcceptedLog(pool)
-        app.state.deps = Deps(
+        app.state.deps = deps = Deps(
             settings=settings,
+            contexts=contexts,
+            pool=pool,
             publisher=publisher,
             queries=queries,
             watcher=watcher,
             redis=redis,
-            cached=cached,
             accepted=accepted,
         )
-        app.state.health = IngressHealth(app.state.deps)
-        app.state.auth = await build_auth(settings, pool, redis, publisher, limiter)
+        app.state.health = IngressHealth(deps)
+        app.state.auth = await build_auth(
+            settings, pool, redis, publisher, limiter, contexts.access
+        )
         publisher.signer = IngressSigner(ActorIssuer(app.state.auth.tokens))
         if redis is not None:
             app.state.auth.tasks.append(
                 asyncio.create_task(relay_breaker_changes(redis, publisher), name="breaker-audit")
             )
+        closers: list[Closer] = []
+        for context in contexts.contexts:
+            if context.http.start is not None and (close := await context.http.start(deps)):
+                closers.append(close)
         if tune_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            for close in reversed(closers):
+                await close()
             await app.state.auth.stop()
             await accepted.stop()
-            if cached is not None:
-                await cached.close()
             POOLS.forget("ingress")
             await watcher.stop()
             await publisher.stop()
@@ -169,18 +171,16 @@ def create_app(
         telemetry={"tracing": False, "metrics": False},
     )
     problems.install(app)
-    app.include_router(routes_login.router)
-    app.include_router(routes_account.router)
-    app.include_router(routes_admin.router)
-    app.include_router(routes_admin.jwks_router)
-    app.include_router(knowledge.router)
+    for context in contexts.contexts:
+        for router in context.http.routers:
+            app.include_router(router)
     app.include_router(commands.router)
     app.include_router(admin.router)
     app.include_router(events_routes.router, responses=problem_responses(*V1_PROBLEMS, 400, 404))
     app.include_router(breakers.router)
     app.include_router(workers_routes.router)
     app.include_router(dlq.router)
-    install_lanes(app, *knowledge.LANES)
+    install_lanes(app, *(lane for c in contexts.contexts for lane in c.http.lanes))
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:
@@ -250,7 +250,12 @@ def create_app(
     )
     # The largest legitimate body is one document's text plus JSON escaping and metadata.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_text_bytes * 2 + 64 * 1024)
-    app.add_middleware(RateLimitMiddleware, settings=settings)
+    app.add_middleware(
+        RateLimitMiddleware,
+        settings=settings,
+        policies=policies,
+        groups=rate_limit_groups(contexts.rate_limit_routes),
+    )
     install_cors(app, settings)  # outside the limits: a 429 or 413 stays readable by the page
     install_security_headers(app, settings)  # on every answer, the other middlewares' too
     app.add_middleware(RequestTracing)

@@ -8,14 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
-from projections.command_outcomes import OUTCOME_TABLES
-
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from psycopg_pool import AsyncConnectionPool
-
-
-# Every context's outcome table, read as one (each is a projection of its own event store).
-OUTCOMES = "(" + " UNION ALL ".join(f"SELECT * FROM {t}" for t in OUTCOME_TABLES) + ")"
 
 
 class BadCursorError(ValueError):
@@ -37,78 +33,40 @@ def decode_cursor(cursor: str) -> str:
     return value
 
 
-class Queries:
+class ReadModel:
+    """Queries on the read models through one pool."""
+
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
 
-    async def _all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    async def all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.encode(), params)
             rows: list[dict[str, Any]] = await cur.fetchall()
             return rows
 
-    async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-        rows = await self._all(sql, params)
+    async def one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        rows = await self.all(sql, params)
         return rows[0] if rows else None
 
-    async def document(self, document_id: str, *, with_chunks: bool) -> dict[str, Any] | None:
-        doc = await self._one(
-            "SELECT document_id, version, title, source, tags, text, size_bytes, content_sha256,"
-            " chunk_count, created_at, updated_at, position FROM documents WHERE document_id = %s",
-            (document_id,),
-        )
-        if doc is not None and with_chunks:
-            doc["chunks"] = await self._all(
-                "SELECT chunk_index AS index, start_offset AS start, end_offset AS end, text"
-                " FROM chunks WHERE document_id = %s ORDER BY chunk_index",
-                (document_id,),
-            )
-        return doc
 
-    async def documents(
-        self, cursor: str | None, limit: int
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        after = decode_cursor(cursor) if cursor else ""
-        rows = await self._all(
-            "SELECT document_id, version, title, source, tags, size_bytes, chunk_count,"
-            " created_at, updated_at, position FROM documents"
-            " WHERE document_id > %s ORDER BY document_id LIMIT %s",
-            (after, limit + 1),
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1]["document_id"]) if more else None
+class Queries(ReadModel):
+    """The platform's queries: commands' lifecycles and the event stores' heads.
 
-    async def search(self, q: str, limit: int) -> list[dict[str, Any]]:
-        """Best chunk per document, ranked (title weighted above body), with a snippet."""
-        return await self._all(
-            """
-            WITH query AS (SELECT websearch_to_tsquery('english', %s) AS q),
-            best AS (
-                SELECT DISTINCT ON (c.document_id)
-                       c.document_id, c.chunk_index, c.title, c.text,
-                       ts_rank_cd(c.search, query.q) AS rank
-                FROM chunks c, query
-                WHERE c.search @@ query.q
-                ORDER BY c.document_id, rank DESC, c.chunk_index
-            ),
-            top AS (SELECT * FROM best ORDER BY rank DESC, document_id LIMIT %s)
-            SELECT top.document_id, top.title, top.chunk_index, top.rank::float8 AS rank,
-                   ts_headline('english', top.text, query.q,
-                               'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=30')
-                       AS snippet
-            FROM top, query
-            ORDER BY top.rank DESC, top.document_id
-            """,
-            (q, limit),
-        )
+    ``outcome_tables``: every context's command outcomes (each a projection of its own event
+    store), read as one.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Any], outcome_tables: Sequence[str]) -> None:
+        super().__init__(pool)
+        self.outcomes = "(" + " UNION ALL ".join(f"SELECT * FROM {t}" for t in outcome_tables) + ")"
 
     async def command(
         self, command_id: uuid.UUID, *, actor: str | None = None
     ) -> dict[str, Any] | None:
         """One command's lifecycle; with ``actor``, only if that principal sent it."""
-        return await self._one(
+        return await self.one(
             f"""
             SELECT COALESCE(o.command_id, l.command_id) AS command_id,
                    COALESCE(o.context, l.context) AS context,
@@ -122,7 +80,7 @@ class Queries:
                    COALESCE(o.actor, l.actor) AS actor,
                    CASE WHEN o.status IS NULL THEN l.next_attempt_at END AS next_attempt_at,
                    l.last_error, COALESCE(l.attempt_history, '[]') AS attempt_history
-            FROM {OUTCOMES} o FULL JOIN command_log l USING (command_id)
+            FROM {self.outcomes} o FULL JOIN command_log l USING (command_id)
             WHERE COALESCE(o.command_id, l.command_id) = %s
               AND (%s::text IS NULL OR split_part(COALESCE(o.actor, l.actor), '/', 1) = %s)
             """,
@@ -137,14 +95,14 @@ class Queries:
         With ``actor``, only the commands that principal sent.
         """
         before = uuid.UUID(decode_cursor(cursor)) if cursor else uuid.UUID(int=(1 << 128) - 1)
-        rows = await self._all(
+        rows = await self.all(
             f"""
             WITH ids AS (
                 (SELECT command_id FROM command_log WHERE command_id < %s
                  AND (%s::text IS NULL OR split_part(actor, '/', 1) = %s)
                  ORDER BY command_id DESC LIMIT %s)
                 UNION
-                (SELECT command_id FROM {OUTCOMES} WHERE command_id < %s
+                (SELECT command_id FROM {self.outcomes} WHERE command_id < %s
                  AND (%s::text IS NULL OR split_part(actor, '/', 1) = %s)
                  ORDER BY command_id DESC LIMIT %s)
             ),
@@ -157,7 +115,7 @@ class Queries:
                        AS status,
                    l.accepted_at, o.recorded_at AS finished_at, o.code, o.reason, o.position
             FROM page
-            LEFT JOIN {OUTCOMES} o USING (command_id)
+            LEFT JOIN {self.outcomes} o USING (command_id)
             LEFT JOIN command_log l USING (command_id)
             ORDER BY page.command_id DESC
             """,
@@ -169,7 +127,7 @@ class Queries:
 
     async def head(self, context: str) -> int:
         """The last position of a context's event store."""
-        row = await self._one(
+        row = await self.one(
             f'SELECT coalesce(max(notification_id), 0) AS head FROM "{context}_events"', ()
         )
         return int(row["head"]) if row else 0

@@ -19,18 +19,20 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from app.asgi import send_problem
-from app.auth.edge import principal_of
 from app.clientip import client_ip, in_networks
-from app.coalesce import Coalescer
+from app.edge import principal_of
+from infra.coalesce import Coalescer
 from telemetry.metrics import RATELIMIT_CHECK_DURATION, RATELIMIT_DECISIONS, Children
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from redis.asyncio import Redis
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from infra.settings import RateLimitPolicy, Settings
+    from app.deps import RouteGroup
+    from infra.policies import RateLimitPolicy
+    from infra.settings import Settings
 
 log = logging.getLogger("uait.ingress")
 RATELIMIT_DECISIONS_OF = Children(RATELIMIT_DECISIONS)
@@ -93,21 +95,24 @@ FAILED_CLOSED = "failed_closed"
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-# (methods or None for any, path prefix, policies), first match wins; every /v1 path matches
-# the last row. Logins are throttled per account and IP by app.auth.throttle, on the same
-# limiter. The orchestration rows cover the agent routes as they land.
-ROUTE_GROUPS: tuple[tuple[frozenset[str] | None, str, tuple[str, ...]], ...] = (
-    (WRITE_METHODS, "/v1/knowledge", ("knowledge", "default")),
+# The platform's rows, after the contexts' own (first match wins; every /v1 path matches the
+# last row). Logins are throttled per account and IP by app.auth.throttle, on the same limiter.
+# The orchestration rows cover the agent routes as they land.
+PLATFORM_ROUTE_GROUPS: tuple[RouteGroup, ...] = (
     (WRITE_METHODS, "/v1/agents", ("orchestration", "default")),
     (WRITE_METHODS, "/v1/orchestration", ("orchestration", "default")),
-    (frozenset({"POST"}), "/v1/auth/register", ("register",)),
     (None, "/v1", ("default",)),
 )
 
 
-def policies_for(method: str, path: str) -> tuple[str, ...]:
+def rate_limit_groups(contexts: Iterable[RouteGroup]) -> tuple[RouteGroup, ...]:
+    """The contexts' route groups, then the platform's."""
+    return (*contexts, *PLATFORM_ROUTE_GROUPS)
+
+
+def policies_for(method: str, path: str, groups: Iterable[RouteGroup]) -> tuple[str, ...]:
     """The stack of policies a request counts against (empty: not limited)."""
-    for methods, prefix, policies in ROUTE_GROUPS:
+    for methods, prefix, policies in groups:
         if (methods is None or method in methods) and (
             path == prefix or path.startswith(prefix + "/")
         ):
@@ -187,7 +192,7 @@ def response_headers(decision: Decision) -> dict[str, str]:
 
 class RateLimiter:
     """Checks and counts a stack of limits atomically; the concurrent requests' checks go to
-    Redis as one EVALSHA (``app.coalesce``; redis-py reloads the script on NOSCRIPT)."""
+    Redis as one EVALSHA (``infra.coalesce``; redis-py reloads the script on NOSCRIPT)."""
 
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(GCRA_LUA)
@@ -236,10 +241,17 @@ class RateLimitMiddleware:
     Redis, which is handled like an unreachable Redis).
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        policies: Mapping[str, RateLimitPolicy],
+        groups: tuple[RouteGroup, ...],
+    ) -> None:
         self.app = app
         self.enabled = settings.rate_limit_enabled
-        self.policies = settings.rate_limit_policies
+        self.policies = policies
+        self.groups = groups
         self.exempt = settings.rate_limit_exempt_networks
         self.trusted = settings.trusted_proxy_networks
 
@@ -247,7 +259,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or not self.enabled:
             await self.app(scope, receive, send)
             return
-        names = policies_for(scope["method"], scope["path"])
+        names = policies_for(scope["method"], scope["path"], self.groups)
         ip = client_ip(scope, self.trusted) if names else ""
         if not names or in_networks(ip, self.exempt):
             await self.app(scope, receive, send)

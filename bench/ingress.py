@@ -34,16 +34,17 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from infra.runtime import prepare
+from contexts import REGISTRY
 from infra.secrets import generate as generate_secrets
 from infra.settings import Settings
 from infra.stack import EmbeddedStack
+from infra.startup import prepare
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 console = Console()
-CLI = [sys.executable, "-m", "infra.cli"]
+CLI = [sys.executable, "-m", "uait"]
 
 # Counts answers by status per wrk thread; done() prints the 202s and the others.
 WRK_SCRIPT = """
@@ -209,7 +210,8 @@ def main(*, seconds: int = 10, rounds: int = 3, connections: int = 32) -> None:
                 ' "default": {"limit": 1000000, "period_s": 1},'
                 ' "login": {"limit": 1000, "period_s": 60}}',
             }
-            prepare(Settings(kafka_bootstrap=ep.kafka_bootstrap, database_url=ep.database_url))
+            settings = Settings(kafka_bootstrap=ep.kafka_bootstrap, database_url=ep.database_url)
+            prepare(settings, REGISTRY.topic_specs(settings))
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
             log = data / "processes.log"

@@ -33,23 +33,24 @@ from eventsourcing.persistence import StoredEvent
 from rich.console import Console
 
 import events  # noqa: F401  (registers every message type)
+from contexts import REGISTRY
 from events.ids import command_aggregate_id, document_aggregate_id, uuid7
 from events.knowledge.events import ChunkSpan, DocumentIngested
 from events.outcomes import CommandSucceeded
 from events.stored import EventMeta, encode_state
+from infra.eventstore import EventStore, open_factory
 from infra.migrate import migrate
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
-from projections.command_outcomes import CommandOutcomesProjection
-from projections.documents import DocumentsProjection
+from projections.knowledge.documents import DocumentsProjection
 from projections.runner import POSITIONS_CHANNEL
-from workers.eventstore import EventStore, open_factory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 console = Console()
-PROJECTIONS = (DocumentsProjection.name, CommandOutcomesProjection.name)
+OUTCOMES = REGISTRY.context(DocumentsProjection.context).outcomes()
+PROJECTIONS = (DocumentsProjection.name, OUTCOMES.name)
 
 
 @dataclass
@@ -120,7 +121,7 @@ def projections_process(url: str, log_path: Path) -> Iterator[None]:
         "UAIT_KAFKA_BOOTSTRAP": "unused:1",  # projections never talk to Kafka
         "UAIT_LOG_LEVEL": "WARNING",
     }
-    args = [sys.executable, "-m", "infra.cli", "projections", "run"]
+    args = [sys.executable, "-m", "uait", "projections", "run"]
     for name in PROJECTIONS:
         args += ["--name", name]
     with log_path.open("wb") as out:
@@ -218,7 +219,7 @@ def measure(store: EventStore, arrivals: Arrivals, start: int) -> dict[str, list
         ).fetchall()
     handled = {
         DocumentsProjection.name: DocumentsProjection.topics,
-        CommandOutcomesProjection.name: CommandOutcomesProjection.topics,
+        OUTCOMES.name: OUTCOMES.topics,
     }
     notes = store.recorder.select_notifications(start=start, limit=10**7, inclusive_of_start=False)
     topic_of = {n.id: n.topic for n in notes}

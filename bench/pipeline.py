@@ -33,15 +33,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import events  # noqa: F401  (registers every message type)
-from app.publisher import headers_for
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
 from events.topics import command_topic
 from infra.actors import operator_signer
-from infra.runtime import prepare
+from infra.publisher import headers_for
 from infra.settings import Settings
 from infra.stack import EmbeddedStack
-from projections.documents import DocumentsProjection
+from infra.startup import prepare
+from projections.knowledge.documents import DocumentsProjection
 from projections.runner import POSITIONS_CHANNEL
 from security.keyring import Keyring
 
@@ -178,7 +179,7 @@ def pipeline(endpoints: Endpoints, batch: int | None, log_dir: Path) -> Iterator
         # Only the write path changes: the projection keeps its batching in both runs, so the
         # ratio is the worker's batching alone.
         env["UAIT_WORKER_BATCH_SIZE"] = str(batch)
-    exe = [sys.executable, "-m", "infra.cli"]
+    exe = [sys.executable, "-m", "uait"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name, args in (("worker", ["worker"]), ("projections", ["projections", "run"])):
@@ -280,7 +281,7 @@ def run(
             # The workers verify every command's actor token, as in production.
             key_encryption_keys=SecretStr(KEK),
         )
-        prepare(settings)
+        prepare(settings, REGISTRY.topic_specs(settings))
         with pipeline(endpoints, batch, log_dir):
             commits = CommitLog(endpoints.database_url)
             commits.start()

@@ -28,13 +28,13 @@ from events.ids import command_aggregate_id, document_aggregate_id, uuid7
 from events.knowledge.events import ChunkSpan, DocumentIngested
 from events.outcomes import CommandSucceeded
 from events.stored import EventMeta, decode, encode_state
+from infra.eventstore import EventStore, open_factory
 from infra.migrate import migrate
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
 from projections.base import Envelope
-from projections.documents import DocumentsProjection
+from projections.knowledge.documents import DocumentsProjection
 from projections.rebuild import Rebuilder
-from workers.eventstore import EventStore, open_factory
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -29,22 +29,24 @@ from faststream.kafka import KafkaBroker
 from rich.console import Console
 
 import events  # noqa: F401  (registers every message type)
-from app.publisher import headers_for
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument, KnowledgeCommand
 from events.topics import command_topic
-from infra.runtime import prepare
+from infra.cancel import CancelWatcher
+from infra.eventstore import open_factory
+from infra.publisher import headers_for
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
+from infra.startup import prepare
 from workers import jobs
-from workers.cancel import CancelWatcher
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
 from workers.knowledge.handlers import KnowledgeDecider
 from workers.wiring import include_context, start_retry_path, stop_retry_path
 
 if TYPE_CHECKING:
     from events.base import Command
-    from workers.batch import Streams, Verdict
+    from workers.decisions import Streams, Verdict
 
 console = Console()
 
@@ -105,7 +107,7 @@ async def _round(
 
 async def _run(settings: Settings, commands: int, rounds: int) -> tuple[list[float], list[float]]:
     factory = open_factory("knowledge", eventsourcing_env(settings.database_url))
-    store = EventStore("knowledge", factory)
+    store = AggregateStore("knowledge", factory)
     cancels = CancelWatcher(None)
     broker = KafkaBroker(settings.kafka_bootstrap)
     dispatcher = include_context(
@@ -150,7 +152,7 @@ def main(*, commands: int = 5000, rounds: int = 3) -> None:
                     "redis_url": ep.redis_url,
                 }
             )
-            prepare(settings)
+            prepare(settings, REGISTRY.topic_specs(settings))
             normal, retried = asyncio.run(_run(settings, commands, rounds))
     n, r = statistics.median(normal), statistics.median(retried)
     console.print(

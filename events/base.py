@@ -24,13 +24,27 @@ class Message(BaseModel):
 
 
 class Command(Message):
-    """An imperative request to change state; decided by exactly one worker."""
+    """An imperative request to change state; decided by exactly one worker.
+
+    ``PERMISSION`` is what the actor must hold to send it: the ingress authorises the request
+    with it, and the workers check that the command's actor token carries it.
+    """
 
     CONTEXT: ClassVar[str]
+    PERMISSION: ClassVar[str]
 
     def partition_key(self) -> str:
         """The aggregate this command addresses: its Kafka key, so per-aggregate order holds."""
         raise NotImplementedError
+
+    def required_permission(self) -> str:
+        """The permission this command needs (some commands need more for some payloads)."""
+        return self.PERMISSION
+
+    def subject_user(self) -> str | None:
+        """The user this command acts on, when it acts on one user's own account: such a
+        command is also allowed to that user alone (``account:self``)."""
+        return None
 
 
 class Event(Message):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-CONTEXTS: tuple[str, ...] = ("knowledge", "identity")
-
 
 def command_topic(context: str) -> str:
     return f"uait.commands.{context}"

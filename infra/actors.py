@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from events.identity.scopes import required_scope
 from security.actors import ActorIssuer
 from security.jose import TokenConfig
 from security.keyring import Keyring
@@ -37,6 +36,6 @@ def operator_signer(settings: Settings) -> Callable[[str, Command], str] | None:
     issuer = ActorIssuer(Tokens(lambda: keys, config))
 
     def sign(actor: str, command: Command) -> str:
-        return issuer.issue(actor, (required_scope(command),))
+        return issuer.issue(actor, (command.required_permission(),))
 
     return sign

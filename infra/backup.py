@@ -24,7 +24,7 @@ from psycopg.sql import SQL, Identifier
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from workers.eventstore import EventStore
+    from infra.eventstore import EventStore
 
 FORMAT = "uait-store"
 VERSION = 1

@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from events.topics import CONTEXTS
 from telemetry.health import CheckResult, Health, serve_ops, timed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from infra.settings import Settings
 
@@ -55,13 +54,13 @@ def kafka_assignment(subscribers: Callable[[], list[Any]]) -> Callable[[], Check
     return lambda: timed(probe)
 
 
-def projections_lag(url: str) -> Callable[[], CheckResult]:
+def projections_lag(url: str, contexts: Sequence[str]) -> Callable[[], CheckResult]:
     """Warn for a projection that is failed, paused or far behind; it never fails readiness."""
 
     def probe() -> str | None:
         problems = []
         with psycopg.connect(url, connect_timeout=2) as conn:
-            for context in CONTEXTS:
+            for context in contexts:
                 row = conn.execute(
                     f'SELECT coalesce(max(notification_id), 0) FROM "{context}_events"'
                 ).fetchone()

@@ -5,60 +5,23 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.policies import (
+    PLATFORM_RATE_LIMIT_POLICIES,
+    JobPolicy,
+    RateLimitOverride,
+    RateLimitPolicy,
+    merge_rate_limits,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 KIB = 1024
-
-
-class RateLimitPolicy(BaseModel):
-    """``limit`` units per ``period_s`` (GCRA: a full bucket allows ``limit`` at once)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    limit: int = Field(ge=1, le=1_000_000)
-    period_s: float = Field(gt=0, le=86_400)
-    cost: int = Field(default=1, ge=1, description="units one request takes")
-    fail_open: bool = Field(default=True, description="allow requests while Redis is down")
-
-    @model_validator(mode="after")
-    def _cost_fits(self) -> RateLimitPolicy:
-        if self.cost > self.limit:
-            raise ValueError(f"cost {self.cost} is over the limit {self.limit}: nothing would pass")
-        return self
-
-
-# Knowledge writes fail open: Redis only guards the door, Kafka absorbs a burst and the body size
-# limit still holds, so a Redis outage must not become an outage of the write API. Account
-# routes (login, register) fail closed: unthrottled guessing is the attack they exist to stop.
-DEFAULT_RATE_LIMIT_POLICIES: dict[str, dict[str, Any]] = {
-    "default": {"limit": 100, "period_s": 60, "cost": 1, "fail_open": True},
-    "knowledge": {"limit": 40, "period_s": 60, "cost": 1, "fail_open": True},
-    # Agent runs and other orchestration: model inference behind each, so closed without Redis.
-    "orchestration": {"limit": 30, "period_s": 60, "cost": 1, "fail_open": False},
-    "login": {"limit": 5, "period_s": 900, "cost": 1, "fail_open": False},
-    "register": {"limit": 3, "period_s": 3600, "cost": 1, "fail_open": False},
-}
-
-
-class JobPolicy(BaseModel):
-    """How a command type is retried: attempts, backoff and the timeout of its external calls.
-
-    ``attempts`` counts executions (3: the first try and two retries); the delay before retry
-    ``n`` is ``base_s`` (fixed) or ``base_s * 2**(n-1)`` (exponential), at most ``cap_s``, and
-    with ``jitter`` a uniform draw between half of it and all of it.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    attempts: int = Field(default=3, ge=1, le=100)
-    backoff: Literal["fixed", "exponential"] = "exponential"
-    base_s: float = Field(default=1.0, ge=0, le=3600)
-    cap_s: float = Field(default=30.0, ge=0, le=3600)
-    jitter: bool = True
-    timeout_s: float = Field(default=30.0, gt=0, le=3600, description="per external call")
 
 
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -174,13 +137,10 @@ class Settings(BaseSettings):
         default=0.25, gt=0, description="Redis connect, read and pool-wait timeout"
     )
 
-    # Rate limits: JSON overrides merged over DEFAULT_RATE_LIMIT_POLICIES, per policy and field
+    # Rate limits: JSON overrides merged over the policies' defaults (the platform's and each
+    # context's), per policy and field; see ``rate_limits``
     rate_limit_enabled: bool = True
-    rate_limit_policies: dict[str, RateLimitPolicy] = Field(
-        default_factory=lambda: {
-            name: RateLimitPolicy(**spec) for name, spec in DEFAULT_RATE_LIMIT_POLICIES.items()
-        }
-    )
+    rate_limit_policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rate_limit_exempt: str = Field(
         default="", description="client CIDRs never limited (comma-separated); none by default"
     )
@@ -227,7 +187,7 @@ class Settings(BaseSettings):
     # Idempotency-Key
     idempotency_ttl_s: int = Field(default=86_400, ge=1, description="how long answers replay")
 
-    # Circuit breakers around external calls: defaults of workers.breaker.BreakerConfig
+    # Circuit breakers around external calls: defaults of infra.breakers.BreakerConfig
     breaker_window_size: int = Field(default=20, ge=1, le=1000, description="calls in the window")
     breaker_min_calls: int = Field(default=10, ge=1, description="calls before rates count")
     breaker_failure_rate: float = Field(default=50.0, gt=0, le=100, description="percent")
@@ -291,17 +251,30 @@ class Settings(BaseSettings):
 
     @field_validator("rate_limit_policies", mode="before")
     @classmethod
-    def _merge_policies(cls, value: Any) -> Any:
+    def _check_policies(cls, value: Any) -> Any:
+        """Each override's fields are checked here; a policy the platform defines is checked
+        whole (a context's, when the process knows the contexts: ``rate_limits``)."""
         if not isinstance(value, dict):
             return value
-        merged: dict[str, Any] = {k: dict(v) for k, v in DEFAULT_RATE_LIMIT_POLICIES.items()}
+        overrides: dict[str, dict[str, Any]] = {}
         for name, spec in value.items():
-            if isinstance(spec, RateLimitPolicy):
-                spec = spec.model_dump()
+            if isinstance(spec, BaseModel):
+                spec = spec.model_dump(exclude_none=True)
             if not isinstance(spec, dict):
                 raise ValueError(f"rate limit policy {name!r} must be an object")
-            merged[name] = {**merged.get(name, {}), **spec}
-        return merged
+            overrides[name] = RateLimitOverride.model_validate(spec).model_dump(exclude_none=True)
+        platform = {k: v for k, v in overrides.items() if k in PLATFORM_RATE_LIMIT_POLICIES}
+        merge_rate_limits(PLATFORM_RATE_LIMIT_POLICIES, platform)
+        return overrides
+
+    def rate_limits(
+        self, defaults: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, RateLimitPolicy]:
+        """Every rate-limit policy: the platform's, then ``defaults`` (the contexts'), with the
+        ``UAIT_RATE_LIMIT_POLICIES`` overrides merged over them per policy and field."""
+        return merge_rate_limits(
+            {**PLATFORM_RATE_LIMIT_POLICIES, **(defaults or {})}, self.rate_limit_policies
+        )
 
     @field_validator("job_policies")
     @classmethod

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from events.topics import CONTEXTS, command_topic, dead_letter_topic, event_topic, retry_topic
+from events.topics import command_topic, dead_letter_topic, event_topic, retry_topic
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -39,8 +39,8 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Command topic, its retry and dead-letter topics and event topic of every context.
+def topic_specs(settings: Settings, contexts: Iterable[str]) -> list[TopicSpec]:
+    """Command topic, its retry and dead-letter topics and event topic of each context.
 
     The retry topic has the command topic's partitions: it is keyed by the same aggregate ids.
     """
@@ -48,7 +48,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # A command as large as its topic takes still fits with the headers the retry path adds.
     retried = {"max.message.bytes": str(settings.kafka_max_message_bytes + RETRY_HEADROOM_BYTES)}
     specs: list[TopicSpec] = []
-    for context in CONTEXTS:
+    for context in contexts:
         commands = command_topic(context)
         specs += [
             TopicSpec(commands, settings.command_partitions, dict(config)),

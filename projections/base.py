@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -41,12 +41,22 @@ class Projection(Protocol):
     handle are skipped, but their positions are still recorded.
     """
 
-    name: ClassVar[str]
-    context: ClassVar[str]
-    version: ClassVar[int]
-    tables: ClassVar[tuple[str, ...]]
-    topics: ClassVar[frozenset[str]]
-    """The event types it handles; others are skipped without being decoded."""
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The event types it handles; others are skipped without being decoded."""
+        ...
 
     def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
         """Create the tables, and unless told otherwise their secondary indexes (idempotent)."""

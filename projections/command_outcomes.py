@@ -52,14 +52,17 @@ TYPES = (
 
 
 class CommandOutcomesProjection:
-    """The knowledge context's outcomes; every context has its own table (positions are per
-    context), and the query side reads them together (``OUTCOME_TABLES``)."""
+    """One context's outcomes. Every context has its own table (positions are per context),
+    ``<context>_command_outcomes`` unless its declaration names another, and the query side
+    reads them together."""
 
-    name: ClassVar[str] = "knowledge.command_outcomes"
-    context: ClassVar[str] = "knowledge"
     version: ClassVar[int] = 1
-    tables: ClassVar[tuple[str, ...]] = ("command_outcomes",)
     topics: ClassVar[frozenset[str]] = frozenset({CommandSucceeded.TYPE, CommandRejected.TYPE})
+
+    def __init__(self, context: str, table: str | None = None) -> None:
+        self.context = context
+        self.name = f"{context}.command_outcomes"
+        self.tables = (table or f"{context}_command_outcomes",)
 
     def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None:
         cur.execute(SCHEMA.format(unlogged="UNLOGGED" if bulk else "", table=self.tables[0]))
@@ -117,18 +120,6 @@ class CommandOutcomesProjection:
                 copy.set_types(TYPES)
                 for row in rows:
                     copy.write_row(row)
-
-
-class IdentityCommandOutcomesProjection(CommandOutcomesProjection):
-    name: ClassVar[str] = "identity.command_outcomes"
-    context: ClassVar[str] = "identity"
-    tables: ClassVar[tuple[str, ...]] = ("identity_command_outcomes",)
-
-
-OUTCOME_TABLES: tuple[str, ...] = (
-    CommandOutcomesProjection.tables[0],
-    IdentityCommandOutcomesProjection.tables[0],
-)
 
 
 def _uuid_or_none(value: Any) -> uuid.UUID | None:

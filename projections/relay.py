@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from events.base import public_event_types
 from events.topics import event_topic
 
 if TYPE_CHECKING:
@@ -69,16 +68,17 @@ class BlockingProducer:
 
 
 class EventRelay:
-    """A "projection" whose view is a Kafka topic."""
+    """A "projection" whose view is a Kafka topic: ``context``'s public events (``topics``)
+    on ``uait.events.<context>``."""
 
-    name: ClassVar[str] = "knowledge.relay"
-    context: ClassVar[str] = "knowledge"
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[str, ...]] = ()
-    topics: ClassVar[frozenset[str]] = public_event_types()
 
-    def __init__(self, producer: BlockingProducer) -> None:
+    def __init__(self, producer: BlockingProducer, context: str, topics: frozenset[str]) -> None:
         self.producer = producer
+        self.context = context
+        self.name = f"{context}.relay"
+        self.topics = topics
 
     def create(self, cur: Cursor[Any], *, indexes: bool = True) -> None:
         return None

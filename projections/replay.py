@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from eventsourcing.postgres import PostgresDatastore
 
+    from infra.eventstore import EventStore
     from projections.relay import BlockingProducer
-    from workers.eventstore import EventStore
 
 PAGE = 2000
 

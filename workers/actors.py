@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from events.identity.commands import IdentityCommand
-from events.identity.scopes import required_scope
 from security.actors import ActorRejectedError, ActorVerifier, Demand
 from security.jose import TokenConfig
 from security.keyring import Keyring
@@ -30,9 +28,7 @@ __all__ = ["ActorCheck", "ActorRejectedError", "demand_of"]
 
 
 def demand_of(command: Command) -> Demand:
-    scope = required_scope(command)
-    user_id = command.user_id if isinstance(command, IdentityCommand) else None
-    return Demand(scope, user_id)
+    return Demand(command.required_permission(), command.subject_user())
 
 
 class ActorCheck:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresDatastore
 
-    from workers.batch import Item
+    from workers.items import Item
 
 _UPSERT = """
 INSERT INTO command_log (command_id, context, command_type, accepted_at, started_at,

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 from events.jobs import ATTEMPTS_HEADER, BACKOFF_HEADER, TIMEOUT_HEADER
-from infra.settings import JobPolicy
+from infra.breakers import BreakerOpenError
+from infra.policies import JobPolicy
 from workers.aggregate import DomainRuleError
-from workers.breaker import BreakerOpenError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

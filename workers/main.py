@@ -10,39 +10,27 @@ from typing import TYPE_CHECKING
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
-import events  # noqa: F401  (registers every message type)
+from infra.cancel import CancelWatcher
+from infra.eventstore import open_factory
 from workers.actors import ActorCheck
-from workers.cancel import CancelWatcher
-from workers.eventstore import EventStore, open_factory
-from workers.identity.handlers import IdentityDecider
-from workers.knowledge.handlers import KnowledgeDecider
+from workers.aggregate_store import AggregateStore
 from workers.wiring import include_context, with_retry_path
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from infra.settings import Settings
-    from workers.batch import Decider
+    from workers.plugins import WorkerContext
     from workers.retries import RetryDispatcher
 
 log = logging.getLogger("uait.worker")
-
-
-def deciders(settings: Settings) -> dict[str, Decider]:
-    """Every context's decision logic. Add a context here and in ``events.topics.CONTEXTS``."""
-    return {
-        "knowledge": KnowledgeDecider(
-            max_text_bytes=settings.max_text_bytes,
-            chunk_size=settings.chunk_size,
-            chunk_overlap=settings.chunk_overlap,
-        ),
-        "identity": IdentityDecider(),
-    }
 
 
 @dataclass
 class Worker:
     broker: KafkaBroker
     app: FastStream
-    stores: dict[str, EventStore] = field(default_factory=dict)
+    stores: dict[str, AggregateStore] = field(default_factory=dict)
 
     def close(self) -> None:
         for store in self.stores.values():
@@ -51,12 +39,14 @@ class Worker:
 
 def build_worker(
     settings: Settings,
+    contexts: Sequence[WorkerContext],
     *,
     kafka_bootstrap: str,
     es_env: dict[str, str],
-    contexts: list[str] | None = None,
+    only: Sequence[str] | None = None,
     batch_size: int | None = None,
 ) -> Worker:
+    """A worker for ``contexts`` (those named in ``only``, when given)."""
     if batch_size is not None:
         settings = settings.model_copy(update={"worker_batch_size": batch_size})
     # On SIGTERM FastStream stops fetching and waits up to graceful_timeout for the batch in
@@ -66,16 +56,18 @@ def build_worker(
         client_id="uait-worker",
         graceful_timeout=settings.worker_graceful_timeout_s,
     )
-    stores: dict[str, EventStore] = {}
+    stores: dict[str, AggregateStore] = {}
     dispatchers: list[RetryDispatcher] = []
     cancels = CancelWatcher(None)
     actors = ActorCheck(settings) if settings.verify_actors else None
     if actors is None:
         log.warning("UAIT_VERIFY_ACTORS=false: commands' actor tokens are NOT verified")
-    for context, decider in deciders(settings).items():
-        if contexts and context not in contexts:
+    for plugin in contexts:
+        context = plugin.name
+        if only and context not in only:
             continue
-        store = EventStore(
+        decider = plugin.decider(settings)
+        store = AggregateStore(
             context,
             open_factory(context, es_env),
             snapshot_every=settings.snapshot_every,
@@ -104,7 +96,7 @@ def build_worker(
 def _with_pause_control(app: FastStream, broker: KafkaBroker, redis_url: str) -> None:
     from redis.asyncio import Redis
 
-    from workers.control import PauseControl
+    from infra.control import PauseControl
 
     tasks: list[asyncio.Task[None]] = []
 

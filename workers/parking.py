@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from psycopg import Connection
 
-    from workers.batch import Item
-    from workers.eventstore import EventStore
+    from workers.aggregate_store import AggregateStore
+    from workers.items import Item
 
 log = logging.getLogger("uait.worker")
 
@@ -42,7 +42,7 @@ WHERE p.context = %s AND p.aggregate_key = t.k AND p.command_id = t.c
 
 
 class Parking:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: AggregateStore) -> None:
         self.store = store
         self.context = store.context
 

@@ -34,14 +34,16 @@ from events.jobs import (
     TRACEBACK_DIGEST_HEADER,
     WORKER_HEADERS,
 )
-from events.topics import CONTEXTS, command_topic, dead_letter_topic, retry_topic
+from events.topics import command_topic, dead_letter_topic, retry_topic
 from infra.topics import RETRY_HEADROOM_BYTES
 from telemetry.metrics import DEAD_LETTERS, DLQ_SIZE, RETRIES
 from workers import jobs
 
 if TYPE_CHECKING:
-    from workers.batch import BatchReport, Deferral
-    from workers.eventstore import EventStore
+    from collections.abc import Sequence
+
+    from workers.aggregate_store import AggregateStore
+    from workers.items import BatchReport, Deferral
     from workers.parking import Parking
 
 log = logging.getLogger("uait.worker")
@@ -101,7 +103,7 @@ class RetryDispatcher:
         self,
         context: str,
         bootstrap: str,
-        store: EventStore,
+        store: AggregateStore,
         parking: Parking,
         *,
         max_message_bytes: int = 1024 * 1024,
@@ -300,31 +302,32 @@ class RetryDispatcher:
             ),
         )
 
-    @staticmethod
-    def _observe_size(conn: Any) -> None:
-        observe_dlq_size(conn)
+    def _observe_size(self, conn: Any) -> None:
+        observe_dlq_size(conn, (self.context,))
 
-    async def watch_dlq_size(self, interval_s: float = 30.0) -> None:
-        """Keep the DLQ size gauge current (redrives and purges happen in other processes)."""
+    async def watch_dlq_size(self, contexts: Sequence[str], interval_s: float = 30.0) -> None:
+        """Keep the DLQ size gauge of ``contexts`` current (redrives and purges happen in other
+        processes)."""
         while True:
             try:
-                await asyncio.to_thread(self._refresh_size)
+                await asyncio.to_thread(self._refresh_size, contexts)
             except Exception as exc:  # the database may be down; the gauge keeps its last value
                 log.warning("could not read the DLQ size: %s", exc)
             await asyncio.sleep(interval_s)
 
-    def _refresh_size(self) -> None:
+    def _refresh_size(self, contexts: Sequence[str]) -> None:
         with self.store.datastore.get_connection() as conn:
-            observe_dlq_size(conn)
+            observe_dlq_size(conn, contexts)
 
 
-def observe_dlq_size(conn: Any) -> None:
-    """Set the DLQ size gauge from the index (dead letters not redriven, per DLQ topic)."""
+def observe_dlq_size(conn: Any, contexts: Sequence[str]) -> None:
+    """Set the DLQ size gauge from the index (dead letters not redriven, per DLQ topic of
+    ``contexts``, zero for those with none)."""
     rows = conn.execute(
         "SELECT dlq_topic, count(*) FILTER (WHERE redriven_at IS NULL) AS n"
         " FROM dead_letters GROUP BY dlq_topic"
     ).fetchall()
-    sizes = {dead_letter_topic(command_topic(c)): 0 for c in CONTEXTS}
+    sizes = {dead_letter_topic(command_topic(c)): 0 for c in contexts}
     for row in rows:
         sizes[row["dlq_topic"]] = row["n"]
     for topic, n in sizes.items():

@@ -34,9 +34,10 @@ from workers.subscriber import (
 if TYPE_CHECKING:
     from faststream.kafka.message import KafkaMessage
 
+    from infra.cancel import CancelWatcher
     from infra.settings import Settings
-    from workers.batch import BatchProcessor, Record
-    from workers.cancel import CancelWatcher
+    from workers.batch import BatchProcessor
+    from workers.items import Record
     from workers.retries import RetryDispatcher
 
 log = logging.getLogger("uait.worker")

@@ -31,16 +31,17 @@ from telemetry.metrics import (
     MESSAGES_CONSUMED,
 )
 from telemetry.tracing import extract, inject_headers, tracer, tracing_enabled
-from workers.batch import Record
+from workers.items import Record
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
     from faststream.kafka.message import KafkaMessage
     from opentelemetry.trace import Span
 
+    from infra.cancel import CancelWatcher
     from infra.settings import Settings
-    from workers.batch import BatchProcessor, BatchReport
-    from workers.cancel import CancelWatcher
+    from workers.batch import BatchProcessor
+    from workers.items import BatchReport
     from workers.retries import RetryDispatcher
 
 log = logging.getLogger("uait.worker")

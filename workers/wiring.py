@@ -25,15 +25,15 @@ if TYPE_CHECKING:
 
     from events.base import Command
     from events.envelope import Envelope
+    from infra.cancel import CancelWatcher
     from infra.settings import Settings
-    from workers.batch import Decider
-    from workers.cancel import CancelWatcher
-    from workers.eventstore import EventStore
+    from workers.aggregate_store import AggregateStore
+    from workers.decisions import Decider
 
 
 def include_context(
     broker: KafkaBroker,
-    store: EventStore,
+    store: AggregateStore,
     decider: Decider,
     settings: Settings,
     *,
@@ -74,7 +74,10 @@ async def start_retry_path(
     for dispatcher in dispatchers:
         await dispatcher.start()
     # One index for every context: one process-wide watcher of its size.
-    tasks = [asyncio.create_task(d.watch_dlq_size(), name="dlq-size") for d in dispatchers[:1]]
+    contexts = [d.context for d in dispatchers]
+    tasks = [
+        asyncio.create_task(d.watch_dlq_size(contexts), name="dlq-size") for d in dispatchers[:1]
+    ]
     if not redis_url:
         return tasks
     from redis.asyncio import Redis

@@ -7,17 +7,13 @@ acting on themselves. Tokens are reused per (actor, scopes) while fresh.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from events.identity.scopes import required_scope
+from app.auth.principal import current_principal
 
 if TYPE_CHECKING:
-    from app.auth.principal import Principal
     from events.base import Command
     from security.actors import ActorIssuer
-
-current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
 
 
 class IngressSigner:
@@ -25,7 +21,7 @@ class IngressSigner:
         self.issuer = issuer
 
     def __call__(self, actor: str, command: Command) -> str:
-        required = required_scope(command)
+        required = command.required_permission()
         principal = current_principal.get()
         if principal is not None and principal.actor == actor:
             if required in principal.permissions:  # the usual case: no new set to hash

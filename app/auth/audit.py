@@ -11,15 +11,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from app.clientip import client_ip
-from app.publisher import BrokerUnavailableError, MessageTooLargeError
 from events.identity.commands import AuditOutcome, RecordAuditEvent
 from events.ids import NO_USER, uuid7
+from infra.publisher import BrokerUnavailableError, MessageTooLargeError
 from telemetry.metrics import AUDIT_PUBLISH_FAILURES
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
-    from app.publisher import CommandPublisher
+    from infra.publisher import CommandPublisher
     from infra.settings import Settings
 
 log = logging.getLogger("uait.auth")

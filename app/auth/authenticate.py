@@ -22,9 +22,9 @@ from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal, unauthorized
-from app.coalesce import Coalescer
 from app.problems import ProblemError
-from events.identity.roles import ADMIN, PERMISSIONS, permissions_of
+from events.access import ADMIN
+from infra.coalesce import Coalescer
 from security.apikeys import parse_api_key, verify_api_key_secret
 from security.tokens import TokenError
 from telemetry.metrics import AUTH_DECISIONS, Children
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
 
     from app.auth.audit import Auditor
+    from events.access import AccessPolicy
     from security.tokens import Tokens
 
 log = logging.getLogger("uait.auth")
@@ -65,10 +66,12 @@ class Authenticator:
         pool: AsyncConnectionPool[Any],
         redis: Redis | None,
         auditor: Auditor,
+        access: AccessPolicy,
         *,
         key_cache_s: float,
     ) -> None:
         self.tokens = tokens
+        self.access = access
         self.pool = pool
         self.redis = redis
         self.auditor = auditor
@@ -117,7 +120,7 @@ class Authenticator:
         return Principal(
             user_id=claims.subject,
             kind="user",
-            permissions=permissions_of(claims.roles),
+            permissions=self.access.permissions_of(claims.roles),
             roles=claims.roles,
             session_id=claims.session_id,
             amr=claims.amr,
@@ -147,8 +150,8 @@ class Authenticator:
         ):
             AUTH_DECISIONS_OF("api_key", "revoked").inc()
             raise unauthorized("invalid, expired or revoked API key")
-        owner = permissions_of(record.owner_roles)
-        scopes = PERMISSIONS if ADMIN in record.scopes else frozenset(record.scopes)
+        owner = self.access.permissions_of(record.owner_roles)
+        scopes = self.access.permissions if ADMIN in record.scopes else frozenset(record.scopes)
         AUTH_DECISIONS_OF("api_key", "ok").inc()
         await self._note_use(record, request)
         return Principal(

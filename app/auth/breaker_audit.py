@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
-from app.publisher import BrokerUnavailableError
 from events.identity.commands import RecordAuditEvent
 from events.ids import NO_USER
-from workers.breaker import CHANGES_KEY
+from infra.breakers import CHANGES_KEY
+from infra.publisher import BrokerUnavailableError
 
 if TYPE_CHECKING:
-    from app.publisher import CommandPublisher
+    from infra.publisher import CommandPublisher
 
 log = logging.getLogger("uait.auth")
 

@@ -8,13 +8,13 @@ Object-level checks (a user sees only their own sessions, keys and commands) use
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth.actors import current_principal
 from app.problems import ProblemError
 from events.identity.roles import ADMIN, SELF
 
@@ -44,6 +44,10 @@ class Principal:
 
     def owns(self, user_id: str) -> bool:
         return self.user_id == user_id or self.is_admin
+
+
+current_principal: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
+"""The principal of the request being served (read by the actor-token signer)."""
 
 
 def unauthorized(detail: str = "missing or invalid credentials") -> ProblemError:

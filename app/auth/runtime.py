@@ -14,9 +14,9 @@ from redis.exceptions import RedisError
 from app.auth.audit import Auditor
 from app.auth.authenticate import SESSION_DENY, Authenticator
 from app.auth.notifier import Notifier, OutboxNotifier, SmtpNotifier
-from app.auth.service import IdentityCore
 from app.auth.sessions import SessionPolicy, Sessions
 from app.auth.throttle import LoginThrottle
+from infra.identity import IdentityCore
 from security.jose import TokenConfig
 from security.signing import KeyCache
 from security.tokens import Tokens
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
     from redis.asyncio import Redis
 
-    from app.publisher import CommandPublisher
     from app.ratelimit import RateLimiter
+    from events.access import AccessPolicy
+    from infra.publisher import CommandPublisher
     from infra.settings import Settings
 
 log = logging.getLogger("uait.auth")
@@ -35,6 +36,7 @@ log = logging.getLogger("uait.auth")
 @dataclass
 class AuthRuntime:
     settings: Settings
+    access: AccessPolicy
     core: IdentityCore
     keys: KeyCache
     tokens: Tokens
@@ -73,6 +75,7 @@ async def build_auth(
     redis: Redis | None,
     publisher: CommandPublisher,
     limiter: RateLimiter | None,
+    access: AccessPolicy,
 ) -> AuthRuntime:
     core = IdentityCore.from_settings(settings, pool)
     config = TokenConfig(
@@ -95,6 +98,7 @@ async def build_auth(
     )
     runtime = AuthRuntime(
         settings=settings,
+        access=access,
         core=core,
         keys=keys,
         tokens=tokens,
@@ -109,7 +113,7 @@ async def build_auth(
         throttle=LoginThrottle(limiter, redis, settings),
         auditor=auditor,
         authenticator=Authenticator(
-            tokens, pool, redis, auditor, key_cache_s=settings.api_key_cache_s
+            tokens, pool, redis, auditor, access, key_cache_s=settings.api_key_cache_s
         ),
         notifier=notifier,
         redis=redis,

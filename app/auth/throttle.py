@@ -38,7 +38,7 @@ class LoginThrottle:
         self.limiter = limiter
         self.redis = redis
         self.settings = settings
-        self.policy = settings.rate_limit_policies["login"]
+        self.policy = settings.rate_limits()["login"]
 
     def _unavailable(self) -> ProblemError:
         return ProblemError(

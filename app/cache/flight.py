@@ -9,8 +9,8 @@ taken by another process. If the holder dies the lock expires and a waiter takes
 
 Within one process, concurrent lookups of the same key share one Redis round trip.
 
-Keys may carry a generation, read from a Redis hash in the same Lua call: bumping the
-generation (see ``projections.cache_invalidation``) makes every earlier value unreachable, so a
+Keys may carry a generation, read from a Redis hash in the same Lua call: bumping the generation
+(see ``projections.knowledge.cache_invalidation``) makes every earlier value unreachable, so a
 loader that read the read model before a change can only ever fill a key nobody asks for again.
 
 When Redis is unreachable a lookup calls the loader directly (fail open) and counts an error.

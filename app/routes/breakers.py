@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
-from workers.breaker import NAME_PATTERN, BreakerRegistry, BreakerStatus
+from infra.breakers import NAME_PATTERN, BreakerRegistry, BreakerStatus
 
 log = logging.getLogger("uait.ingress.breakers")
 

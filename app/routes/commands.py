@@ -14,7 +14,7 @@ from app.auth.principal import Principal, require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError
-from workers.cancel import request_cancel
+from infra.cancel import request_cancel
 
 router = APIRouter(
     prefix="/v1/commands", tags=["commands"], responses=problem_responses(*V1_PROBLEMS)

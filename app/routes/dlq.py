@@ -1,7 +1,7 @@
 """Admin routes for the dead letters: list, show, redrive (once), purge by age.
 
 The same operations as ``uait dlq``, on the PostgreSQL index of the ``<topic>.dlq`` topics
-(``workers.dead_letters``); a redrive publishes through the ingress's producer. Admins only.
+(``infra.dead_letters``); a redrive publishes through the ingress's producer. Admins only.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from psycopg_pool import PoolTimeout
 from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
-from app.publisher import BrokerUnavailableError
-from workers.dead_letters import (
+from infra.dead_letters import (
     DeadLetterNotFoundError,
     DeadLetters,
     RedriveRefusedError,
     parse_age,
     parse_since,
 )
+from infra.publisher import BrokerUnavailableError
 
 router = APIRouter(
     dependencies=[Depends(require("admin"))],
@@ -37,7 +37,7 @@ TopicQuery = Annotated[str | None, Query(max_length=249, description="original t
 
 
 def _dead_letters(d: Annotated[Deps, Depends(deps)]) -> DeadLetters:
-    return DeadLetters(d.queries.pool)
+    return DeadLetters(d.queries.pool, d.contexts.names)
 
 
 Index = Annotated[DeadLetters, Depends(_dead_letters)]

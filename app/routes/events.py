@@ -25,23 +25,20 @@ from app.deps import Deps, deps
 from app.problems import ProblemError, problem_responses
 from events.base import public_event_types
 from events.stored import decode
-from events.topics import CONTEXTS
 from projections.base import Envelope
 from projections.relay import public_form
 from projections.replay import FIRST_POSITION_SINCE
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
-PUBLIC = public_event_types()
 HEARTBEAT_S = 15.0
 
 
-def _types(context: str, requested: list[str] | None) -> list[str]:
-    if context not in CONTEXTS:
-        raise ProblemError(404, "Unknown context", f"no context {context!r}")
+def _types(requested: list[str] | None) -> list[str]:
+    public = public_event_types()
     if not requested:
-        return sorted(PUBLIC)
-    unknown = set(requested) - PUBLIC
+        return sorted(public)
+    unknown = set(requested) - public
     if unknown:
         raise ProblemError(
             422, "Unknown event type", f"not public event types: {', '.join(sorted(unknown))}"
@@ -90,32 +87,38 @@ async def _start(
     return after
 
 
-# Who may read each context's stream: per context, not one switch for all.
-CONTEXT_PERMISSION = {"knowledge": "knowledge:read", "identity": "audit:read"}
+async def authorise(conn: HTTPConnection, context: str | None) -> str:
+    """Authenticate the caller and check it may read ``context`` (401/403/404 otherwise); the
+    context's name (the first registered one when none is asked for).
 
-
-async def authorise(conn: HTTPConnection, context: str) -> None:
-    """Authenticate the caller and check it may read ``context`` (401/403/404 otherwise)."""
+    Who may read a context's stream is the context's own permission, not one switch for all.
+    """
     principal = await conn.app.state.auth.authenticator.authenticate(conn)
-    _types(context, None)
-    permission = CONTEXT_PERMISSION.get(context, "admin")
+    d: Deps = conn.app.state.deps
+    name = context or d.contexts.names[0]
+    permission = next(
+        (c.http.events_permission for c in d.contexts.contexts if c.name == name), None
+    )
+    if permission is None:
+        raise ProblemError(404, "Unknown context", f"no context {name!r}")
     if permission not in principal.permissions:
         raise forbidden(permission)
+    return name
 
 
 @router.get("", responses=problem_responses(401, 403))
 async def list_events(
     request: Request,
     d: Annotated[Deps, Depends(deps)],
-    context: str = "knowledge",
+    context: Annotated[str | None, Query(description="default: the first context")] = None,
     from_position: Annotated[int | None, Query(ge=1)] = None,
     from_time: datetime | None = None,
     event_type: Annotated[list[str] | None, Query(alias="type")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """A page of public events in store order; ``next_position`` continues it."""
-    await authorise(request, context)
-    types = _types(context, event_type)
+    context = await authorise(request, context)
+    types = _types(event_type)
     after = await _start(d, context, from_position, from_time)
     items = await _page(d, context, after, types, limit)
     next_position = items[-1]["position"] + 1 if len(items) == limit else None
@@ -126,14 +129,14 @@ async def list_events(
 async def stream_events(
     request: Request,
     d: Annotated[Deps, Depends(deps)],
-    context: str = "knowledge",
+    context: Annotated[str | None, Query(description="default: the first context")] = None,
     from_position: Annotated[int | None, Query(ge=1)] = None,
     event_type: Annotated[list[str] | None, Query(alias="type")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: every public event from a position on, then live as they commit."""
-    await authorise(request, context)
-    types = _types(context, event_type)
+    context = await authorise(request, context)
+    types = _types(event_type)
     after = await _start(d, context, from_position, None)
     if last_event_id:
         prefix, _, position = last_event_id.rpartition(":")
@@ -172,7 +175,7 @@ async def stream_events(
 @router.websocket("/ws")
 async def events_socket(
     websocket: WebSocket,
-    context: str = "knowledge",
+    context: Annotated[str | None, Query(description="default: the first context")] = None,
     from_position: Annotated[int | None, Query(ge=1)] = None,
     event_type: Annotated[list[str] | None, Query(alias="type")] = None,
     last_event_id: str | None = None,
@@ -184,8 +187,8 @@ async def events_socket(
     """
     d: Deps = websocket.app.state.deps
     try:
-        await authorise(websocket, context)
-        types = _types(context, event_type)
+        context = await authorise(websocket, context)
+        types = _types(event_type)
         after = await _start(d, context, from_position, None)
         if last_event_id:
             prefix, _, text = last_event_id.rpartition(":")

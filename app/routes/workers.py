@@ -10,8 +10,7 @@ from redis.exceptions import RedisError
 from app.auth.principal import require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
-from events.topics import CONTEXTS
-from workers.control import paused_contexts, set_paused
+from infra.control import paused_contexts, set_paused
 
 router = APIRouter(
     dependencies=[Depends(require("admin"))],
@@ -32,7 +31,7 @@ async def _state(d: Deps) -> dict[str, Any]:
         paused = await paused_contexts(_redis(d))
     except RedisError as exc:
         raise ProblemError(503, "Redis unavailable", str(exc)) from exc
-    return {"contexts": {c: "paused" if c in paused else "running" for c in CONTEXTS}}
+    return {"contexts": {c: "paused" if c in paused else "running" for c in d.contexts.names}}
 
 
 @router.get("")
@@ -47,7 +46,7 @@ async def steer_workers(
     context: Annotated[str, Path(max_length=64)],
     action: Literal["pause", "resume"],
 ) -> Any:
-    if context not in CONTEXTS:
+    if context not in d.contexts.names:
         raise ProblemError(404, "Unknown context", f"no context {context!r}")
     try:
         await set_paused(_redis(d), [context], action == "pause")

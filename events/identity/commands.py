@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, StringConstraints
 
 from events.base import Command, register
+from events.identity.roles import AUDIT_WRITE, REGISTER, SELF
 
 UserId = Annotated[
     str,
@@ -39,12 +40,16 @@ class IdentityCommand(Command):
     def partition_key(self) -> str:
         return self.user_id
 
+    def subject_user(self) -> str | None:
+        return self.user_id
+
 
 @register
 class RegisterUser(IdentityCommand):
     """Create a user, reserving the email (by its keyed hash) so it can be registered only once."""
 
     TYPE: ClassVar[str] = "RegisterUser"
+    PERMISSION: ClassVar[str] = REGISTER
     VERSION: ClassVar[int] = 1
 
     email_hmac: EmailHmac
@@ -52,12 +57,17 @@ class RegisterUser(IdentityCommand):
     name_sealed: Sealed
     roles: Annotated[list[Role], Field(min_length=1, max_length=20)] = ["user"]
 
+    def required_permission(self) -> str:
+        """Registering with more than the plain user role is an administrator's act."""
+        return "users:write" if set(self.roles) - {"user"} else self.PERMISSION
+
 
 @register
 class UpdateUserProfile(IdentityCommand):
     """Change what a user may change about themselves: their display name."""
 
     TYPE: ClassVar[str] = "UpdateUserProfile"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
     name_sealed: Sealed
@@ -66,6 +76,7 @@ class UpdateUserProfile(IdentityCommand):
 @register
 class AssignRole(IdentityCommand):
     TYPE: ClassVar[str] = "AssignRole"
+    PERMISSION: ClassVar[str] = "users:write"
     VERSION: ClassVar[int] = 1
 
     role: Role
@@ -74,6 +85,7 @@ class AssignRole(IdentityCommand):
 @register
 class RevokeRole(IdentityCommand):
     TYPE: ClassVar[str] = "RevokeRole"
+    PERMISSION: ClassVar[str] = "users:write"
     VERSION: ClassVar[int] = 1
 
     role: Role
@@ -82,6 +94,7 @@ class RevokeRole(IdentityCommand):
 @register
 class DisableUser(IdentityCommand):
     TYPE: ClassVar[str] = "DisableUser"
+    PERMISSION: ClassVar[str] = "users:write"
     VERSION: ClassVar[int] = 1
 
     reason: Label = ""
@@ -92,6 +105,7 @@ class DeleteUser(IdentityCommand):
     """Erase a user: the email is released and the user's data key is destroyed."""
 
     TYPE: ClassVar[str] = "DeleteUser"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
     email_hmac: EmailHmac
@@ -103,6 +117,7 @@ class ChangePassword(IdentityCommand):
     """Record that the password changed (the new hash is already in the credential table)."""
 
     TYPE: ClassVar[str] = "ChangePassword"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
     reason: Literal["changed", "reset", "rehashed"] = "changed"
@@ -111,6 +126,7 @@ class ChangePassword(IdentityCommand):
 @register
 class VerifyEmail(IdentityCommand):
     TYPE: ClassVar[str] = "VerifyEmail"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
 
@@ -119,6 +135,7 @@ class CreateApiKey(IdentityCommand):
     """Record an API key's facts; its secret's hash is in the credential table, never here."""
 
     TYPE: ClassVar[str] = "CreateApiKey"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
     key_id: KeyId
@@ -133,6 +150,7 @@ class CreateApiKey(IdentityCommand):
 @register
 class RevokeApiKey(IdentityCommand):
     TYPE: ClassVar[str] = "RevokeApiKey"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
     key_id: KeyId
@@ -141,12 +159,14 @@ class RevokeApiKey(IdentityCommand):
 @register
 class EnableTwoFactor(IdentityCommand):
     TYPE: ClassVar[str] = "EnableTwoFactor"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
 
 @register
 class DisableTwoFactor(IdentityCommand):
     TYPE: ClassVar[str] = "DisableTwoFactor"
+    PERMISSION: ClassVar[str] = SELF
     VERSION: ClassVar[int] = 1
 
 
@@ -159,6 +179,7 @@ class RecordAuditEvent(IdentityCommand):
     """
 
     TYPE: ClassVar[str] = "RecordAuditEvent"
+    PERMISSION: ClassVar[str] = AUDIT_WRITE
     VERSION: ClassVar[int] = 1
 
     record_id: UserId

@@ -1,13 +1,15 @@
-"""Roles, the permissions (``resource:action``) they grant, and the scopes an API key may carry.
+"""The roles a user can have, and the permissions of the identity context and the platform.
 
-Deny by default: a permission not granted here is refused. ``admin`` grants every permission.
-API-key scopes are permissions too; a key acts with the intersection of its scopes and its
-owner's current permissions, so a demoted owner's keys lose what the owner lost.
+Other contexts grant their own permissions to these roles in their declarations; the
+``AccessPolicy`` of a process is built from all of them (``events.access``). API-key scopes are
+permissions too; a key acts with the intersection of its scopes and its owner's current
+permissions, so a demoted owner's keys lose what the owner lost.
 """
 
 from __future__ import annotations
 
-ADMIN = "admin"
+from events.access import ADMIN, Grants
+
 REGISTER = "account:register"
 """Create an account: what the ingress vouches for on behalf of an anonymous visitor."""
 AUDIT_WRITE = "audit:write"
@@ -15,41 +17,20 @@ AUDIT_WRITE = "audit:write"
 SELF = "account:self"
 """Manage one's own account: profile, password, sessions, 2FA, API keys."""
 
-PERMISSIONS: frozenset[str] = frozenset(
-    {
-        SELF,
-        "knowledge:read",
-        "knowledge:write",
-        "agents:run",
-        "inference:run",
-        "commands:read",
-        "events:read",
-        "users:read",
-        "users:write",
-        "audit:read",
-        REGISTER,
-        AUDIT_WRITE,
-        "admin",
-    }
-)
+ROLES: frozenset[str] = frozenset({"user", "viewer", "service", "auditor", ADMIN})
 
-ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "user": frozenset(
-        {SELF, "knowledge:read", "knowledge:write", "agents:run", "inference:run", "commands:read"}
-    ),
-    "viewer": frozenset({SELF, "knowledge:read", "commands:read"}),
-    "service": frozenset(
-        {SELF, "knowledge:read", "knowledge:write", "agents:run", "inference:run", "commands:read"}
-    ),
-    "auditor": frozenset({SELF, "audit:read", "users:read", "events:read", "commands:read"}),
-    ADMIN: PERMISSIONS,
+GRANTS: Grants = {
+    SELF: ("user", "viewer", "service", "auditor"),
+    "commands:read": ("user", "viewer", "service", "auditor"),
+    "events:read": ("auditor",),
+    "users:read": ("auditor",),
+    "users:write": (),
+    "audit:read": ("auditor",),
+    REGISTER: (),
+    AUDIT_WRITE: (),
+    # Held ahead of the inference and agents contexts, whose declarations will grant them.
+    "agents:run": ("user", "service"),
+    "inference:run": ("user", "service"),
 }
 
-ROLES: frozenset[str] = frozenset(ROLE_PERMISSIONS)
-
-
-def permissions_of(roles: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[str]:
-    granted: set[str] = set()
-    for role in roles:
-        granted |= ROLE_PERMISSIONS.get(role, frozenset())
-    return frozenset(granted)
+__all__ = ["ADMIN", "AUDIT_WRITE", "GRANTS", "REGISTER", "ROLES", "SELF"]

@@ -58,6 +58,7 @@ class IngestDocument(KnowledgeCommand):
     """
 
     TYPE: ClassVar[str] = "IngestDocument"
+    PERMISSION: ClassVar[str] = "knowledge:write"
     VERSION: ClassVar[int] = 1
 
     title: Annotated[Text, StringConstraints(max_length=500)]
@@ -73,4 +74,5 @@ class DeleteDocument(KnowledgeCommand):
     """Remove a document from the read models; its history stays in the event store."""
 
     TYPE: ClassVar[str] = "DeleteDocument"
+    PERMISSION: ClassVar[str] = "knowledge:write"
     VERSION: ClassVar[int] = 1

@@ -27,16 +27,16 @@ import httpx
 import psycopg
 import pytest
 
+from contexts import REGISTRY
 from events.ids import command_aggregate_id
-from infra.runtime import prepare
+from infra.eventstore import EventStore, open_factory
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database, eventsourcing_env
-from projections.registry import all_projections
 from projections.runner import rebuild_into
 from tests.conftest import with_actor_keys
 from tests.e2e.fixtures import free_port
 from tests.e2e.test_crash_recovery import Traffic, committed_offsets, spawn, table
-from workers.eventstore import EventStore, open_factory
+from uait.processes import prepare
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -123,9 +123,7 @@ def spawn_with(
         **extra,
     }
     out = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", *args], env=env, stdout=out, stderr=out
-    )
+    return subprocess.Popen([sys.executable, "-m", "uait", *args], env=env, stdout=out, stderr=out)
 
 
 def started_since_spawn(settings: Settings, victim: WorkerProcess, partitions: set[int]) -> int:
@@ -234,7 +232,7 @@ def test_two_workers_killed_at_random_lose_nothing_and_double_nothing(chaos_sett
         assert (lost, duplicated) == (0, 0)
         assert kinds["CommandSucceeded"] + kinds["CommandRejected"] == len(accepted)
         # Every read model of the knowledge context (the commands here are all knowledge's).
-        for projection in all_projections():
+        for projection in REGISTRY.projections():
             if projection.context != "knowledge":
                 continue
             schema = f"verify_{uuid.uuid4().hex[:8]}"

@@ -33,17 +33,18 @@ import httpx
 import psycopg
 import pytest
 
-from app.publisher import BrokerUnavailableError, CommandPublisher, headers_for
 from app.redis_client import create_redis
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.ids import command_aggregate_id
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.topics import command_topic
 from infra.actors import operator_signer
-from infra.runtime import prepare
+from infra.breakers import Breaker, BreakerConfig, BreakerOpenError
+from infra.eventstore import EventStore, open_factory
+from infra.publisher import BrokerUnavailableError, CommandPublisher, headers_for
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
-from projections.registry import all_projections
 from projections.runner import rebuild_into
 from tests.conftest import TEST_SECRETS, with_actor_keys
 from tests.e2e.fixtures import (
@@ -56,8 +57,7 @@ from tests.e2e.fixtures import (
     start_ingress_process,
 )
 from tests.e2e.test_crash_recovery import table
-from workers.breaker import Breaker, BreakerConfig, BreakerOpenError
-from workers.eventstore import EventStore, open_factory
+from uait.processes import prepare
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -283,7 +283,7 @@ class FaultStack:
 
     def _wait_for_projections(self, store: EventStore, timeout_s: float = 60) -> None:
         """Until every knowledge projection has passed the last event in the store."""
-        names = [p.name for p in all_projections() if p.context == "knowledge"]
+        names = [p.name for p in REGISTRY.projections() if p.context == "knowledge"]
         last = store.recorder.max_notification_id() or 0
         deadline = time.monotonic() + timeout_s
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
@@ -324,7 +324,7 @@ class FaultStack:
             duplicated = extra + abs(doc_events - (changed[0] if changed else 0))
             assert (lost, duplicated) == (0, 0), f"lost={lost} duplicated={duplicated}"
             assert kinds["CommandSucceeded"] + kinds["CommandRejected"] == len(self.accepted)
-            for projection in all_projections():
+            for projection in REGISTRY.projections():
                 if projection.context != "knowledge":
                     continue
                 schema = f"verify_{uuid.uuid4().hex[:8]}"

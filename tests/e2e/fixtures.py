@@ -1,7 +1,7 @@
 """Real processes for end-to-end tests (a plugin of tests/conftest.py, for tests/security too):
 worker, projections and ingress, as `uait dev` runs them.
 
-Each process is ``python -m infra.cli ...`` against the session's ``endpoints``; its stdout and
+Each process is ``python -m uait ...`` against the session's ``endpoints``; its stdout and
 stderr go to a log file whose tail is printed when start-up fails and attached to the report of
 every failing e2e test.
 """
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from infra.stack import Endpoints
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "infra.cli"]
+CLI = [sys.executable, "-m", "uait"]
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 WARM_UP_WAIT_S = 30

@@ -25,19 +25,19 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.publisher import CommandPublisher, headers_for
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.topics import command_topic
 from infra.actors import operator_signer
-from infra.runtime import prepare
+from infra.eventstore import EventStore, open_factory
+from infra.publisher import CommandPublisher, headers_for
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database, eventsourcing_env
-from projections.registry import all_projections
 from projections.runner import rebuild_into
 from tests.conftest import with_actor_keys
-from workers.eventstore import EventStore, open_factory
+from uait.processes import prepare
 from workers.subscriber import group_id
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ def spawn(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[by
         "UAIT_LOG_LEVEL": "WARNING",
     }
     out = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", *args], env=env, stdout=out, stderr=out
-    )
+    return subprocess.Popen([sys.executable, "-m", "uait", *args], env=env, stdout=out, stderr=out)
 
 
 class Traffic(threading.Thread):
@@ -259,7 +257,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(crash_setti
 
         # The read models equal a rebuild from the event store (the knowledge context's: the
         # commands here are all knowledge commands).
-        for projection in all_projections():
+        for projection in REGISTRY.projections():
             if projection.context != "knowledge":
                 continue
             schema = f"verify_{uuid.uuid4().hex[:8]}"

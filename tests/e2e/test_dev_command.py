@@ -36,7 +36,7 @@ def test_uait_dev_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
     env.update({"UAIT_DATA_DIR": str(tmp_path / "data"), "UAIT_WORKER_SESSION_TIMEOUT_MS": "3000"})
     log = (tmp_path / "dev.log").open("w+b")
     dev = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "dev", "--port", str(port)],
+        [sys.executable, "-m", "uait", "dev", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -10,16 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from app.publisher import headers_for
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
 from events.topics import command_topic, dead_letter_topic
 from infra.actors import operator_signer
-from infra.settings import JobPolicy, Settings
+from infra.eventstore import open_factory
+from infra.policies import JobPolicy
+from infra.publisher import headers_for
+from infra.settings import Settings
 from infra.stack import eventsourcing_env
 from tests.conftest import with_actor_keys
-from workers.batch import BatchReport, Deferral, Item, Record
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
+from workers.items import BatchReport, Deferral, Item, Record
 from workers.parking import Parking
 from workers.retries import RetryDispatcher
 
@@ -68,7 +70,7 @@ def dead_letter(endpoints: Endpoints, doc: str) -> uuid.UUID:
     )
     factory = open_factory("knowledge", eventsourcing_env(endpoints.database_url))
     try:
-        store = EventStore("knowledge", factory)
+        store = AggregateStore("knowledge", factory)
         dispatcher = RetryDispatcher("knowledge", endpoints.kafka_bootstrap, store, Parking(store))
 
         async def send() -> None:

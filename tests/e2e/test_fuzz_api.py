@@ -32,6 +32,7 @@ from schemathesis.checks import (
 )
 
 from app.main import create_app
+from contexts import REGISTRY
 from infra.settings import Settings
 from tests.e2e.fixtures import IngressStarter
 
@@ -80,7 +81,7 @@ CHECKS = [
 
 
 def _operations() -> list[str]:
-    spec = create_app(Settings(), database_url="", kafka_bootstrap="").openapi()
+    spec = create_app(Settings(), REGISTRY, database_url="", kafka_bootstrap="").openapi()
     return [
         f"{method.upper()} {path}"
         for path, methods in spec["paths"].items()

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
-from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database
 from tests.conftest import with_actor_keys
 from tests.e2e.test_crash_recovery import Traffic, held_uncommitted, spawn, wait_until_busy
+from uait.processes import prepare
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -463,7 +463,7 @@ def test_reading_at_a_position_the_read_model_has_not_reached_is_a_503_after_the
     services: Any, start_ingress: IngressStarter, api: httpx.Client
 ) -> None:
     env = {**services.env}
-    run = [sys.executable, "-m", "infra.cli", "projections"]
+    run = [sys.executable, "-m", "uait", "projections"]
     paused = subprocess.run([*run, "pause", "knowledge.documents"], env=env, capture_output=True)
     assert paused.returncode == 0, paused.stderr
     try:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from infra.runtime import prepare
 from infra.secrets import generate as generate_secrets
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database
 from tests.e2e.fixtures import CLI, bootstrap_admin, spawn, start_ingress_process
+from uait.processes import prepare
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,11 +22,12 @@ from faststream.kafka import KafkaBroker
 
 from events.ids import command_aggregate_id, document_aggregate_id
 from events.knowledge.commands import IngestDocument, KnowledgeCommand
-from infra.runtime import prepare
+from infra.cancel import CancelWatcher
+from infra.eventstore import open_factory
 from infra.stack import EmbeddedStack, eventsourcing_env
+from uait.processes import prepare
 from workers import jobs
-from workers.cancel import CancelWatcher
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
 from workers.knowledge.handlers import KnowledgeDecider
 from workers.wiring import include_context, start_retry_path, stop_retry_path
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from events.base import Command, Event
     from infra.settings import Settings
-    from workers.batch import Streams, Verdict
+    from workers.decisions import Streams, Verdict
 
 
 @dataclass
@@ -81,7 +82,7 @@ class ScriptedDecider:
 @dataclass
 class Harness:
     settings: Settings
-    store: EventStore
+    store: AggregateStore
     decider: ScriptedDecider
 
     def outcome(self, command_id: uuid.UUID) -> Event | None:
@@ -135,7 +136,7 @@ async def running_worker(
         settings = base.model_copy(update={"kafka_bootstrap": ep.kafka_bootstrap})
         await asyncio.to_thread(prepare, settings)
         factory = open_factory("knowledge", eventsourcing_env(settings.database_url))
-        store = EventStore("knowledge", factory, statement_timeout_ms=10_000)
+        store = AggregateStore("knowledge", factory, statement_timeout_ms=10_000)
         decider = decider or ScriptedDecider()
         cancels = CancelWatcher(None)
         broker = KafkaBroker(settings.kafka_bootstrap)

@@ -15,9 +15,9 @@ from eventsourcing.persistence import StoredEvent
 from events.ids import command_aggregate_id
 from events.outcomes import CommandSucceeded
 from events.stored import EventMeta, encode_state
+from infra.eventstore import EventStore, open_factory
 from infra.migrate import migrate
 from infra.stack import eventsourcing_env
-from workers.eventstore import EventStore, open_factory
 
 if TYPE_CHECKING:
     from infra.stack import Endpoints

@@ -11,16 +11,18 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from infra.backup import BackupError, export_store, import_store
-from infra.cli import app
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database, eventsourcing_env
-from projections.registry import all_projections
 from projections.runner import ProjectionRunner
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from uait.main import app
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -43,11 +45,11 @@ def databases(endpoints: Endpoints) -> Iterator[tuple[str, str]]:
         drop_database(endpoints.database_url, n)
 
 
-def store_for(url: str) -> EventStore:
-    return EventStore("knowledge", open_factory("knowledge", eventsourcing_env(url)))
+def store_for(url: str) -> AggregateStore:
+    return AggregateStore("knowledge", open_factory("knowledge", eventsourcing_env(url)))
 
 
-def history(store: EventStore, n: int) -> None:
+def history(store: AggregateStore, n: int) -> None:
     rng = random.Random(5)
     processor = BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=100, chunk_overlap=10)
@@ -69,8 +71,8 @@ def history(store: EventStore, n: int) -> None:
         )
 
 
-def project(store: EventStore) -> None:
-    for projection in all_projections():
+def project(store: AggregateStore) -> None:
+    for projection in REGISTRY.projections():
         runner = ProjectionRunner(
             projection, store.recorder, store.factory.tracking_recorder(), batch_size=97
         )
@@ -96,7 +98,7 @@ def test_export_then_import_then_rebuild_gives_identical_read_models(databases, 
         assert import_store(target, str(backup)) == exported
         assert target.head() == source.head()
         project(target)
-        for projection in all_projections():
+        for projection in REGISTRY.projections():
             for table in projection.tables:
                 assert rows(target_url, table) == rows(source_url, table), table
         # appends continue after the imported positions

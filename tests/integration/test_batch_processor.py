@@ -15,10 +15,12 @@ from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.knowledge.events import DocumentDeleted, DocumentIngested
 from events.outcomes import CommandRejected, CommandSucceeded
 from events.stored import decode
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import eventsourcing_env
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -34,15 +36,15 @@ _offsets = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def store(endpoints: Endpoints) -> Iterator[EventStore]:
+def store(endpoints: Endpoints) -> Iterator[AggregateStore]:
     migrate(endpoints.database_url)
     factory = open_factory("knowledge", eventsourcing_env(endpoints.database_url))
-    yield EventStore("knowledge", factory)
+    yield AggregateStore("knowledge", factory)
     factory.close()
 
 
 @pytest.fixture
-def processor(store: EventStore) -> BatchProcessor:
+def processor(store: AggregateStore) -> BatchProcessor:
     return BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=2000, chunk_size=200, chunk_overlap=20)
     )
@@ -65,11 +67,11 @@ def ingest(document_id: str, text: str = "Some text about kafka.", title: str = 
     return IngestDocument(document_id=document_id, title=title, text=text)
 
 
-def stream(store: EventStore, aggregate_id: uuid.UUID) -> list[Event]:
+def stream(store: AggregateStore, aggregate_id: uuid.UUID) -> list[Event]:
     return store.load_streams([aggregate_id]).get(aggregate_id, [])
 
 
-def outcome(store: EventStore, command_id: uuid.UUID) -> Event:
+def outcome(store: AggregateStore, command_id: uuid.UUID) -> Event:
     events = stream(store, command_aggregate_id(command_id))
     assert len(events) == 1, f"expected exactly one outcome, got {events}"
     return events[0]
@@ -103,10 +105,10 @@ def test_the_same_command_twice_in_one_batch_takes_effect_once(store, processor)
     assert isinstance(outcome(store, command_id), CommandSucceeded)
 
 
-class RacingStore(EventStore):
+class RacingStore(AggregateStore):
     """A real store where another writer commits a conflicting event just before our append."""
 
-    def __init__(self, inner: EventStore, race: list[tuple[uuid.UUID, Command]]) -> None:
+    def __init__(self, inner: AggregateStore, race: list[tuple[uuid.UUID, Command]]) -> None:
         self.__dict__.update(inner.__dict__)
         self.race = race
         self.appends = 0
@@ -115,7 +117,7 @@ class RacingStore(EventStore):
         self.appends += 1
         if self.race:
             other = BatchProcessor(
-                EventStore(self.context, self.factory),
+                AggregateStore(self.context, self.factory),
                 KnowledgeDecider(max_text_bytes=2000, chunk_size=200, chunk_overlap=20),
             )
             command_id, command = self.race.pop()

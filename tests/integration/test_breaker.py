@@ -21,14 +21,14 @@ import httpx
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from telemetry.metrics import REGISTRY
-from workers.breaker import (
+from infra.breakers import (
     Breaker,
     BreakerConfig,
     BreakerOpenError,
     BreakerRegistry,
     BreakerState,
 )
+from telemetry.metrics import REGISTRY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -397,7 +397,7 @@ async def test_state_is_shared_with_a_second_process(
         import asyncio, time
         import httpx
         from redis.asyncio import Redis
-        from workers.breaker import Breaker, BreakerConfig
+        from infra.breakers import Breaker, BreakerConfig
 
         async def main():
             redis = Redis.from_url({endpoints.redis_url!r})

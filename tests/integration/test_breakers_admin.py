@@ -18,10 +18,10 @@ from app import problems
 from app.auth.principal import Principal
 from app.redis_client import create_redis
 from app.routes import breakers as breaker_routes
-from events.identity.roles import PERMISSIONS
-from infra.cli import app as cli
+from contexts import REGISTRY
+from infra.breakers import Breaker, BreakerConfig, BreakerOpenError, BreakerState
 from infra.settings import Settings
-from workers.breaker import Breaker, BreakerConfig, BreakerOpenError, BreakerState
+from uait.main import app as cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -123,7 +123,9 @@ def _admin_app(redis_url: str) -> FastAPI:
     settings = Settings(redis_url=redis_url)
     app.state.deps = SimpleNamespace(settings=settings, redis=create_redis(settings))
     # Authentication is tested in tests/security; here every caller is an admin.
-    admin = Principal(user_id=str(uuid.uuid4()), kind="user", permissions=PERMISSIONS)
+    admin = Principal(
+        user_id=str(uuid.uuid4()), kind="user", permissions=REGISTRY.access.permissions
+    )
 
     class Admins:
         async def authenticate(self, request: object) -> Principal:

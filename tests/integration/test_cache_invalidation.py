@@ -13,26 +13,28 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from redis.asyncio import Redis
 
 from app.cache import Cache
-from app.cache.knowledge import CachedQueries
+from app.knowledge.cache import CachedQueries
+from app.knowledge.queries import DocumentQueries
 from app.positions import PositionWatcher
-from app.queries import Queries
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.settings import Settings
 from infra.stack import create_database, drop_database, eventsourcing_env
 from projections.base import TransientProjectionError
-from projections.cache_invalidation import (
+from projections.control import read_state, write_state
+from projections.knowledge.cache_invalidation import (
     COLLECTION,
     CacheInvalidation,
     bucket,
     generations_key,
 )
-from projections.control import read_state, write_state
-from projections.documents import DocumentsProjection
+from projections.knowledge.documents import DocumentsProjection
 from projections.runner import ProjectionRunner
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -55,15 +57,15 @@ def database(endpoints: Endpoints) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(database: str) -> Iterator[EventStore]:
+def store(database: str) -> Iterator[AggregateStore]:
     factory = open_factory("knowledge", eventsourcing_env(database))
     try:
-        yield EventStore("knowledge", factory)
+        yield AggregateStore("knowledge", factory)
     finally:
         factory.close()
 
 
-def write(store: EventStore, commands: list[Any]) -> None:
+def write(store: AggregateStore, commands: list[Any]) -> None:
     processor = BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=200, chunk_overlap=20)
     )
@@ -74,7 +76,7 @@ def write(store: EventStore, commands: list[Any]) -> None:
     processor.process(records)
 
 
-def runner(store: EventStore, projection: Any) -> ProjectionRunner:
+def runner(store: AggregateStore, projection: Any) -> ProjectionRunner:
     recorder = store.factory.application_recorder()
     assert isinstance(recorder, PostgresApplicationRecorder)
     return ProjectionRunner(projection, recorder, store.factory.tracking_recorder(), batch_size=3)
@@ -86,7 +88,7 @@ def generations(client: redis.Redis, prefix: str) -> dict[str, int]:
 
 
 def test_generations_move_only_after_the_documents_rows_are_committed(
-    store: EventStore, endpoints: Endpoints
+    store: AggregateStore, endpoints: Endpoints
 ) -> None:
     prefix = f"test:{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(endpoints.redis_url)
@@ -123,7 +125,7 @@ def test_generations_move_only_after_the_documents_rows_are_committed(
 
 
 def test_with_redis_unreachable_the_follower_waits_and_is_never_marked_failed(
-    store: EventStore, endpoints: Endpoints, tmp_path: Any
+    store: AggregateStore, endpoints: Endpoints, tmp_path: Any
 ) -> None:
     documents = runner(store, DocumentsProjection())
     documents.setup()
@@ -144,7 +146,7 @@ async def test_cache_keys_follow_the_live_version_of_the_documents_tables(
     watcher = PositionWatcher(database, {DocumentsProjection.name: "knowledge_tracking"})
     client = Redis.from_url(endpoints.redis_url)
     settings = Settings(database_url=database, redis_url=endpoints.redis_url)
-    cached = CachedQueries(Queries(None), Cache(client), watcher, settings)  # type: ignore[arg-type]
+    cached = CachedQueries(DocumentQueries(None), Cache(client), watcher, settings)  # type: ignore[arg-type]
     assert not cached.ready, "the live version cannot be known before it is read"
     await watcher.start()
     try:

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.asyncio import Redis
 
-from app.publisher import CommandPublisher, headers_for
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
 from events.outcomes import CommandRejected, CommandSucceeded
+from infra.cancel import request_cancel
+from infra.publisher import CommandPublisher, headers_for
 from infra.settings import Settings
 from tests.integration.retry_harness import running_worker
 from tests.integration.test_retry_path import send
-from workers.cancel import request_cancel
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

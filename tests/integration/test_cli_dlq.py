@@ -12,16 +12,18 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from app.publisher import headers_for
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
 from events.topics import command_topic
-from infra.cli import app
-from infra.runtime import prepare
-from infra.settings import JobPolicy, Settings
+from infra.eventstore import open_factory
+from infra.policies import JobPolicy
+from infra.publisher import headers_for
+from infra.settings import Settings
 from infra.stack import eventsourcing_env
-from workers.batch import BatchReport, Deferral, Item, Record
-from workers.eventstore import EventStore, open_factory
+from uait.main import app
+from uait.processes import prepare
+from workers.aggregate_store import AggregateStore
+from workers.items import BatchReport, Deferral, Item, Record
 from workers.parking import Parking
 from workers.retries import RetryDispatcher
 
@@ -61,7 +63,7 @@ def dead_letter(endpoints: Endpoints) -> uuid.UUID:
     failure = Deferral(item, datetime.now(UTC), "TransientCommandError", "backend down", "")
     factory = open_factory("knowledge", eventsourcing_env(endpoints.database_url))
     try:
-        store = EventStore("knowledge", factory)
+        store = AggregateStore("knowledge", factory)
         dispatcher = RetryDispatcher("knowledge", endpoints.kafka_bootstrap, store, Parking(store))
 
         async def send() -> None:

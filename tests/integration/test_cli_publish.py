@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from events.envelope import loads
 from events.topics import command_topic
-from infra.cli import app
-from infra.runtime import prepare
 from infra.settings import Settings
+from uait.main import app
+from uait.processes import prepare
 
 if TYPE_CHECKING:
     from infra.stack import Endpoints

@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
+from contexts import REGISTRY
 from events.topics import command_topic, dead_letter_topic, event_topic, retry_topic
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, StackStartError, database_url_for, eventsourcing_env
@@ -34,7 +35,6 @@ from infra.topics import (
     TopicSpec,
     describe_topics,
     ensure_topics,
-    topic_specs,
 )
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _process_tree(pids: dict[str, int]) -> list[int]:
 def test_topic_specs_give_every_context_a_command_a_dead_letter_and_an_event_topic() -> None:
     settings = Settings(command_partitions=6, event_partitions=3)
 
-    specs = {spec.name: spec for spec in topic_specs(settings)}
+    specs = {spec.name: spec for spec in REGISTRY.topic_specs(settings)}
 
     commands = command_topic("knowledge")
     assert specs[commands].partitions == 6
@@ -115,7 +115,7 @@ async def test_topics_are_created_with_the_requested_partition_counts_and_only_o
 
 
 async def test_the_service_topics_can_be_ensured_from_settings(endpoints: Endpoints) -> None:
-    specs = topic_specs(Settings())
+    specs = REGISTRY.topic_specs(Settings())
 
     await ensure_topics(endpoints.kafka_bootstrap, specs)
 

@@ -12,17 +12,20 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from eventsourcing.postgres import PostgresApplicationRecorder
 
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.topics import event_topic
+from infra.eventstore import open_factory
 from infra.migrate import migrate
-from infra.runtime import prepare
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database, eventsourcing_env
 from projections.relay import BlockingProducer, EventRelay
 from projections.runner import ProjectionRunner
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from uait.processes import prepare
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -46,13 +49,13 @@ def world(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Ite
         prepare(settings)
         factory = open_factory("knowledge", eventsourcing_env(url))
         try:
-            yield settings, EventStore("knowledge", factory)
+            yield settings, AggregateStore("knowledge", factory)
         finally:
             factory.close()
     drop_database(endpoints.database_url, name)
 
 
-def write(store: EventStore, commands: list[Any]) -> None:
+def write(store: AggregateStore, commands: list[Any]) -> None:
     processor = BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=200, chunk_overlap=20)
     )
@@ -63,11 +66,14 @@ def write(store: EventStore, commands: list[Any]) -> None:
     processor.process(records)
 
 
-def relay_runner(settings: Settings, store: EventStore, producer: BlockingProducer):  # type: ignore[no-untyped-def]
+def relay_runner(settings: Settings, store: AggregateStore, producer: BlockingProducer):  # type: ignore[no-untyped-def]
     recorder = store.factory.application_recorder()
     assert isinstance(recorder, PostgresApplicationRecorder)
     return ProjectionRunner(
-        EventRelay(producer), recorder, store.factory.tracking_recorder(), batch_size=7
+        EventRelay(producer, "knowledge", REGISTRY.context("knowledge").public_event_types),
+        recorder,
+        store.factory.tracking_recorder(),
+        batch_size=7,
     )
 
 

@@ -15,11 +15,13 @@ from events.identity.events import EmailReserved, UserRegistered
 from events.ids import email_reservation_id
 from events.outcomes import CommandRejected, CommandSucceeded
 from events.stored import decode
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import eventsourcing_env
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
 from workers.identity.handlers import IdentityDecider
+from workers.items import Record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,14 +33,14 @@ _offsets = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def store(endpoints: Endpoints) -> Iterator[EventStore]:
+def store(endpoints: Endpoints) -> Iterator[AggregateStore]:
     migrate(endpoints.database_url)
     factory = open_factory("identity", eventsourcing_env(endpoints.database_url))
-    yield EventStore("identity", factory)
+    yield AggregateStore("identity", factory)
     factory.close()
 
 
-def test_concurrent_registrations_of_one_email_give_exactly_one_user(store: EventStore):
+def test_concurrent_registrations_of_one_email_give_exactly_one_user(store: AggregateStore):
     email_hmac = uuid.uuid4().hex * 2
     commands = [
         RegisterUser(
@@ -54,7 +56,7 @@ def test_concurrent_registrations_of_one_email_give_exactly_one_user(store: Even
 
     def register(command: RegisterUser) -> None:
         # Each in its own processor and transaction, all at once: like twelve partitions.
-        processor = BatchProcessor(EventStore("identity", store.factory), IdentityDecider())
+        processor = BatchProcessor(AggregateStore("identity", store.factory), IdentityDecider())
         record = Record(
             "uait.commands.identity", 0, next(_offsets), dumps(wrap(command, actor="t")), None
         )

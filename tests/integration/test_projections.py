@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database, eventsourcing_env
-from projections.registry import all_projections
 from projections.runner import ProjectionRunner, rebuild_into
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -39,13 +41,13 @@ def database_url(endpoints: Endpoints) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def store(database_url: str) -> Iterator[EventStore]:
+def store(database_url: str) -> Iterator[AggregateStore]:
     factory = open_factory("knowledge", eventsourcing_env(database_url))
-    yield EventStore("knowledge", factory)
+    yield AggregateStore("knowledge", factory)
     factory.close()
 
 
-def write_history(store: EventStore, commands: int, seed: int) -> None:
+def write_history(store: AggregateStore, commands: int, seed: int) -> None:
     rng = random.Random(seed)
     processor = BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=120, chunk_overlap=20)
@@ -70,10 +72,10 @@ def write_history(store: EventStore, commands: int, seed: int) -> None:
 
 def knowledge_projections() -> list[Any]:
     """The projections of the store these tests write to (the knowledge context)."""
-    return [p for p in all_projections() if p.context == "knowledge"]
+    return [p for p in REGISTRY.projections() if p.context == "knowledge"]
 
 
-def runners(store: EventStore, batch_size: int) -> list[ProjectionRunner]:
+def runners(store: AggregateStore, batch_size: int) -> list[ProjectionRunner]:
     out = []
     for projection in knowledge_projections():
         runner = ProjectionRunner(

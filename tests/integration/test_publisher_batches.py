@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.publisher import CommandPublisher
+from infra.publisher import CommandPublisher
 from infra.topics import TopicSpec, ensure_topics
 
 if TYPE_CHECKING:

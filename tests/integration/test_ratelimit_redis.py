@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from app.idempotency import IdempotencyStore
 from app.ratelimit import Limit, RateLimiter
-from infra.settings import RateLimitPolicy
+from infra.policies import RateLimitPolicy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

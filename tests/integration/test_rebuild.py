@@ -14,16 +14,18 @@ from typer.testing import CliRunner
 
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument
-from infra.cli import app
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database, eventsourcing_env
 from projections.command_outcomes import CommandOutcomesProjection
 from projections.control import read_state, set_state
-from projections.documents import DocumentsProjection
+from projections.knowledge.documents import DocumentsProjection
 from projections.rebuild import NothingToRollBackError, Rebuilder
 from projections.runner import ProjectionRunner, rebuild_into
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from uait.main import app
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -35,22 +37,22 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(endpoints: Endpoints) -> Iterator[EventStore]:
+def store(endpoints: Endpoints) -> Iterator[AggregateStore]:
     name = f"uait_rb_{uuid.uuid4().hex[:8]}"
     url = create_database(endpoints.database_url, name)
     migrate(url)
     factory = open_factory("knowledge", eventsourcing_env(url), pool_size=8)
-    yield EventStore("knowledge", factory)
+    yield AggregateStore("knowledge", factory)
     factory.close()
     drop_database(endpoints.database_url, name)
 
 
-def url_of(store: EventStore) -> str:
+def url_of(store: AggregateStore) -> str:
     kw = store.datastore.pool.kwargs
     return f"host={kw['host']} port={kw['port']} dbname={kw['dbname']} user={kw['user']}"
 
 
-def ingest(store: EventStore, ids: list[str], text: str = "body") -> None:
+def ingest(store: AggregateStore, ids: list[str], text: str = "body") -> None:
     processor = BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=80, chunk_overlap=10)
     )
@@ -72,7 +74,7 @@ def ingest(store: EventStore, ids: list[str], text: str = "body") -> None:
     processor.process(records)
 
 
-def runner(store: EventStore, projection: Any, batch: int = 500) -> ProjectionRunner:
+def runner(store: AggregateStore, projection: Any, batch: int = 500) -> ProjectionRunner:
     r = ProjectionRunner(
         projection, store.recorder, store.factory.tracking_recorder(), batch_size=batch
     )
@@ -80,13 +82,13 @@ def runner(store: EventStore, projection: Any, batch: int = 500) -> ProjectionRu
     return r
 
 
-def rows(store: EventStore, schema: str, table: str) -> list[tuple[Any, ...]]:
+def rows(store: AggregateStore, schema: str, table: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url_of(store)) as conn:
         conn.execute(f'SET search_path TO "{schema}", public')
         return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
 
 
-def equals_a_fresh_rebuild(store: EventStore, projection: Any) -> None:
+def equals_a_fresh_rebuild(store: AggregateStore, projection: Any) -> None:
     schema = f"check_{uuid.uuid4().hex[:6]}"
     rebuild_into(projection, store.recorder, schema)
     for table in projection.tables:
@@ -146,7 +148,7 @@ def test_the_live_view_never_goes_empty_or_partial_during_a_rebuild_and_no_event
 
 
 def test_an_interrupted_rebuild_resumes_and_still_gives_equal_rows(store):
-    projection = CommandOutcomesProjection()
+    projection = CommandOutcomesProjection("knowledge", "command_outcomes")
     ingest(store, [f"d{i}" for i in range(120)])
     live = runner(store, projection)
     live.catch_up()
@@ -210,7 +212,7 @@ def test_a_failing_event_stops_that_projection_only_and_retry_resumes_it(store):
     ingest(store, ["poison"])
     ingest(store, ["ok-3"])
     docs = runner(store, fussy, batch=100)
-    outcomes = runner(store, CommandOutcomesProjection(), batch=100)
+    outcomes = runner(store, CommandOutcomesProjection("knowledge", "command_outcomes"), batch=100)
     stop = threading.Event()
     threads = [
         threading.Thread(target=r.run_forever, args=(stop,), kwargs={"idle_wait_s": 0.05})
@@ -271,7 +273,7 @@ class DocumentsV2(DocumentsProjection):
 
 
 def test_a_changed_code_version_is_rebuilt_at_start_or_only_flagged(store, caplog):
-    from infra.runtime import check_version
+    from projections.process import check_version
 
     ingest(store, ["v-1", "v-2"])
     first = runner(store, DocumentsProjection())
@@ -296,7 +298,7 @@ def test_a_rebuild_from_a_time_replays_exactly_the_events_committed_since(endpoi
     migrate(url)
     factory = open_factory("knowledge", eventsourcing_env(url))
     try:
-        store = EventStore("knowledge", factory)
+        store = AggregateStore("knowledge", factory)
         ingest(store, [f"early{i}" for i in range(5)])
         time.sleep(0.05)
         mark = datetime.now(UTC)

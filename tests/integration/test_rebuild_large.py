@@ -15,13 +15,13 @@ from events.ids import command_aggregate_id, document_aggregate_id, uuid7
 from events.knowledge.events import ChunkSpan, DocumentDeleted, DocumentIngested
 from events.outcomes import CommandRejected, CommandSucceeded
 from events.stored import EventMeta, encode_state
+from infra.eventstore import EventStore, open_factory
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database, eventsourcing_env
 from projections.command_outcomes import CommandOutcomesProjection
-from projections.documents import DocumentsProjection
+from projections.knowledge.documents import DocumentsProjection
 from projections.rebuild import Rebuilder
 from projections.runner import ProjectionRunner
-from workers.eventstore import EventStore, open_factory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -118,7 +118,10 @@ def rows(store: EventStore, table: str) -> list[tuple[Any, ...]]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
 
 
-@pytest.mark.parametrize("projection", [DocumentsProjection(), CommandOutcomesProjection()])
+@pytest.mark.parametrize(
+    "projection",
+    [DocumentsProjection(), CommandOutcomesProjection("knowledge", "command_outcomes")],
+)
 def test_a_rebuild_equals_the_incremental_build_row_for_row(store, projection):
     if store.head() == 0:
         generate(store, EVENTS)

@@ -15,14 +15,16 @@ from typer.testing import CliRunner
 
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
-from infra.cli import app
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, create_database, drop_database, eventsourcing_env
 from projections.relay import BlockingProducer
 from projections.replay import replay, window
-from workers.batch import BatchProcessor, Record
-from workers.eventstore import EventStore, open_factory
+from uait.main import app
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor
+from workers.items import Record
 from workers.knowledge.handlers import KnowledgeDecider
 
 if TYPE_CHECKING:
@@ -42,13 +44,13 @@ def world(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with EmbeddedStack(base, data_dir=tmp_path_factory.mktemp("replay-kafka")) as ep:
         factory = open_factory("knowledge", eventsourcing_env(url))
         try:
-            yield url, ep.kafka_bootstrap, EventStore("knowledge", factory)
+            yield url, ep.kafka_bootstrap, AggregateStore("knowledge", factory)
         finally:
             factory.close()
     drop_database(endpoints.database_url, name)
 
 
-def batch(store: EventStore, commands: list[Any]) -> None:
+def batch(store: AggregateStore, commands: list[Any]) -> None:
     processor = BatchProcessor(
         store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=100, chunk_overlap=10)
     )

@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from app.publisher import CommandPublisher, headers_for
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.ids import command_aggregate_id
 from events.jobs import ATTEMPTS_HEADER, TIMEOUT_HEADER
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.outcomes import CommandRejected, CommandSucceeded
 from events.topics import command_topic, dead_letter_topic
+from infra.dead_letters import DeadLetters, RedriveRefusedError
+from infra.publisher import CommandPublisher, headers_for
 from infra.settings import Settings
 from tests.integration.retry_harness import running_worker
-from workers.dead_letters import DeadLetters, RedriveRefusedError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -165,7 +166,7 @@ async def test_a_command_that_always_fails_is_dead_lettered_with_its_headers_and
             # Once the cause is fixed, a redrive gives the command its one outcome ...
             h.decider.fixed = True
             async with AsyncConnectionPool(h.settings.database_url, open=False) as pool:
-                dlq = DeadLetters(pool)
+                dlq = DeadLetters(pool, REGISTRY.names)
                 await dlq.redrive(row[0], publisher)
                 assert isinstance(await h.wait_outcome(poison), CommandSucceeded)
                 assert await asyncio.to_thread(h.texts, doc) == ["P1"]
@@ -192,9 +193,9 @@ async def test_a_dead_letter_whose_command_was_rejected_meanwhile_is_not_redrive
             )
             async with AsyncConnectionPool(h.settings.database_url, open=False) as pool:
                 with pytest.raises(RedriveRefusedError, match="re-issue it as a new command"):
-                    await DeadLetters(pool).redrive(dead_id, publisher)
+                    await DeadLetters(pool, REGISTRY.names).redrive(dead_id, publisher)
                 # Refused means unchanged: the dead letter is still open.
-                assert (await DeadLetters(pool).get(dead_id))["redriven_at"] is None
+                assert (await DeadLetters(pool, REGISTRY.names).get(dead_id))["redriven_at"] is None
 
 
 async def test_a_call_that_hangs_past_its_timeout_is_retried_then_dead_lettered(base, tmp_path):

@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from infra.cli import app as cli
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database
 from security.keyring import DecryptionError, Keyring
 from security.keystore import ensure_key, load_key_set
+from uait.main import app as cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

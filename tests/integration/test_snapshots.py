@@ -15,14 +15,16 @@ from events.ids import document_aggregate_id
 from events.knowledge.commands import DeleteDocument, IngestDocument
 from events.knowledge.events import DocumentDeleted, DocumentIngested
 from infra.backup import export_store
+from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.settings import Settings
 from infra.stack import create_database, drop_database, eventsourcing_env
-from projections.documents import DocumentsProjection
+from projections.knowledge.documents import DocumentsProjection
 from projections.runner import ProjectionRunner
 from workers.aggregate import DomainRuleError
-from workers.batch import BatchProcessor, Record, _StreamCache
-from workers.eventstore import EventStore, open_factory
+from workers.aggregate_store import AggregateStore
+from workers.batch import BatchProcessor, _StreamCache
+from workers.items import Record
 from workers.knowledge.document import Document
 from workers.knowledge.handlers import KnowledgeDecider
 from workers.snapshots import Stream, UnknownAggregateTypeError
@@ -43,12 +45,12 @@ DECIDER = KnowledgeDecider(max_text_bytes=2000, chunk_size=200, chunk_overlap=20
 
 
 @pytest.fixture(scope="module")
-def store(endpoints: Endpoints) -> Iterator[EventStore]:
+def store(endpoints: Endpoints) -> Iterator[AggregateStore]:
     name = f"uait_snap_{uuid.uuid4().hex[:8]}"
     url = create_database(endpoints.database_url, name)
     migrate(url)
     factory = open_factory("knowledge", eventsourcing_env(url))
-    yield EventStore("knowledge", factory, snapshot_every={"Document": EVERY})
+    yield AggregateStore("knowledge", factory, snapshot_every={"Document": EVERY})
     factory.close()
     drop_database(endpoints.database_url, name)
 
@@ -69,7 +71,7 @@ def history(document_id: str, versions: int) -> list[Command]:
     return commands
 
 
-def write(store: EventStore, commands: list[Command]) -> list[int]:
+def write(store: AggregateStore, commands: list[Command]) -> list[int]:
     """Process in batches of BATCH; returns the document's version after each append."""
     processor = BatchProcessor(store, DECIDER)
     ends = []
@@ -82,7 +84,7 @@ def write(store: EventStore, commands: list[Command]) -> list[int]:
     return ends
 
 
-def snapshot_versions(store: EventStore, aggregate_id: uuid.UUID) -> list[int]:
+def snapshot_versions(store: AggregateStore, aggregate_id: uuid.UUID) -> list[int]:
     with store.datastore.get_connection() as conn:
         rows = conn.execute(
             "SELECT originator_version FROM knowledge_snapshots WHERE originator_id = %s"
@@ -205,7 +207,7 @@ def test_a_snapshot_of_another_shape_is_ignored_and_the_full_history_is_loaded(s
 
 def test_the_snapshot_setting_refuses_unknown_and_unsnapshottable_types(store):
     with pytest.raises(UnknownAggregateTypeError, match="Nope"):
-        EventStore("knowledge", store.factory, snapshot_every={"Nope": 10})
+        AggregateStore("knowledge", store.factory, snapshot_every={"Nope": 10})
     with pytest.raises(ValidationError):
         Settings(snapshot_every={"Document": 0})
     assert Settings(snapshot_every={"Document": 7}).snapshot_every == {"Document": 7}

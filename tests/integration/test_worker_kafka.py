@@ -9,17 +9,18 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import TopicPartition
 
-from app.publisher import CommandPublisher, headers_for
+from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.ids import command_aggregate_id, document_aggregate_id
 from events.knowledge.commands import IngestDocument
 from events.outcomes import CommandRejected, CommandSucceeded
 from events.topics import command_topic
 from infra.actors import operator_signer
-from infra.runtime import prepare
+from infra.publisher import CommandPublisher, headers_for
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
 from tests.conftest import with_actor_keys
+from uait.processes import prepare
 from workers.main import build_worker
 from workers.subscriber import group_id
 
@@ -54,6 +55,7 @@ def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> 
 async def worker(settings: Settings) -> AsyncIterator[Worker]:
     w = build_worker(
         settings,
+        REGISTRY.contexts,
         kafka_bootstrap=settings.kafka_bootstrap,
         es_env=eventsourcing_env(settings.database_url),
     )

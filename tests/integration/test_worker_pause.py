@@ -10,16 +10,17 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from app.publisher import CommandPublisher
+from contexts import REGISTRY
 from events.ids import command_aggregate_id
 from events.knowledge.commands import IngestDocument
 from infra.actors import operator_signer
-from infra.cli import app as cli
-from infra.runtime import prepare
+from infra.control import PauseControl
+from infra.publisher import CommandPublisher
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
 from tests.conftest import with_actor_keys
-from workers.control import PauseControl
+from uait.main import app as cli
+from uait.processes import prepare
 from workers.main import build_worker
 
 if TYPE_CHECKING:
@@ -39,9 +40,10 @@ async def test_a_paused_context_holds_its_commands_until_resumed(endpoints: Endp
         await asyncio.to_thread(prepare, settings)
         worker = build_worker(
             settings,
+            REGISTRY.contexts,
             kafka_bootstrap=ep.kafka_bootstrap,
             es_env=eventsourcing_env(ep.database_url),
-            contexts=["knowledge"],
+            only=["knowledge"],
         )
         redis = Redis.from_url(ep.redis_url)
         await worker.broker.start()

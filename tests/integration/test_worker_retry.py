@@ -10,15 +10,16 @@ import pytest
 from eventsourcing.persistence import OperationalError
 from faststream.kafka import KafkaBroker
 
-from app.publisher import CommandPublisher
 from events.ids import command_aggregate_id
 from events.knowledge.commands import IngestDocument
 from events.outcomes import CommandSucceeded
-from infra.runtime import prepare
+from infra.eventstore import open_factory
+from infra.publisher import CommandPublisher
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, eventsourcing_env
+from uait.processes import prepare
+from workers.aggregate_store import AggregateStore
 from workers.batch import BatchProcessor
-from workers.eventstore import EventStore, open_factory
 from workers.knowledge.handlers import KnowledgeDecider
 from workers.subscriber import command_router
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from infra.stack import Endpoints
-    from workers.batch import BatchReport, Record
+    from workers.items import BatchReport, Record
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ async def test_a_batch_that_fails_transiently_is_redelivered_and_recorded_once(
         settings = base.model_copy(update={"kafka_bootstrap": ep.kafka_bootstrap})
         await asyncio.to_thread(prepare, settings)
         factory = open_factory("knowledge", eventsourcing_env(settings.database_url))
-        store = EventStore("knowledge", factory)
+        store = AggregateStore("knowledge", factory)
         processor = FailingTwice(
             store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=200, chunk_overlap=20)
         )

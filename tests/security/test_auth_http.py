@@ -752,11 +752,11 @@ def test_no_password_token_or_secret_reaches_logs_kafka_or_the_event_store(servi
 def test_an_outside_producer_acts_only_as_its_api_key_with_its_scopes(services: Services):
     import asyncio
 
-    from app.publisher import CommandPublisher
     from events.envelope import dumps, wrap
     from events.identity.commands import AssignRole
     from events.knowledge.commands import IngestDocument
     from events.topics import command_topic
+    from infra.publisher import CommandPublisher
 
     u = User(services.base_url)
     u.register()
@@ -833,7 +833,7 @@ def test_an_operator_forcing_a_breaker_is_an_audit_entry(services: Services, api
 
     from redis.asyncio import Redis
 
-    from workers.breaker import Breaker, BreakerConfig
+    from infra.breakers import Breaker, BreakerConfig
 
     name = f"audited-{uuid.uuid4().hex[:6]}"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
+from contexts import REGISTRY
 from events.outcomes import RejectionCode
 from infra.settings import Settings
-from infra.topics import topic_specs
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 
@@ -49,7 +49,7 @@ def test_the_document_is_asyncapi_3_and_every_reference_resolves():
 def test_every_provisioned_topic_is_a_channel_with_its_partitions():
     settings = Settings()
     channels = {c["address"]: c for c in load()["channels"].values()}
-    for spec in topic_specs(settings):
+    for spec in REGISTRY.topic_specs(settings):
         assert spec.name in channels, f"{spec.name} is not described"
         binding = channels[spec.name]["bindings"]["kafka"]
         assert binding["topic"] == spec.name

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
+from infra.breakers import Breaker, BreakerConfig, BreakerOpenError, BreakerState
 from infra.settings import Settings
-from workers.breaker import Breaker, BreakerConfig, BreakerOpenError, BreakerState
 
 
 async def answer() -> str:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.coalesce import Coalescer
+from infra.coalesce import Coalescer
 
 
 class _Server:

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-import events  # noqa: F401  (registers every message type)
+import contexts  # noqa: F401  (registers every message type)
 from events.base import UnknownMessageTypeError, load, register, upcaster
 from events.envelope import MalformedEnvelopeError, dumps, loads, open_command, wrap
 from events.ids import command_aggregate_id, uuid7

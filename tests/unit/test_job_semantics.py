@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from events.jobs import ATTEMPTS_HEADER, BACKOFF_HEADER, DUE_HEADER, TIMEOUT_HEADER
-from infra.settings import JobPolicy, Settings
+from infra.policies import JobPolicy
+from infra.settings import Settings
 from workers import jobs
 from workers.aggregate import DomainRuleError
-from workers.batch import Record
+from workers.items import Record
 from workers.retries import traceback_digest
 from workers.retry import next_wave
 

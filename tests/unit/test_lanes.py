@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import problems
 from app.auth.principal import Principal, require, unauthorized
 from app.deps import Deps, deps
+from app.knowledge import routes as knowledge
 from app.lanes import _roles, install_lanes, lane
 from app.main import create_app
-from app.routes import knowledge
+from contexts import REGISTRY
 from infra.settings import Settings
 
 
@@ -127,7 +128,7 @@ def test_an_endpoint_with_other_parameters_cannot_take_a_lane():
 
 
 def test_every_lane_of_the_app_is_a_declared_operation_with_the_same_body():
-    app = create_app(Settings(), database_url="", kafka_bootstrap="")
+    app = create_app(Settings(), REGISTRY, database_url="", kafka_bootstrap="")
     spec = app.openapi()
     for route in knowledge.LANES:
         lane_app = route.app  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.publisher import BrokerUnavailableError, CommandPublisher
+from infra.publisher import BrokerUnavailableError, CommandPublisher
 
 
 @dataclass(frozen=True)

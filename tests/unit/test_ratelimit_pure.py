@@ -14,10 +14,13 @@ from app.ratelimit import (
     Limit,
     LimitState,
     policies_for,
+    rate_limit_groups,
     response_headers,
     retry_after_seconds,
 )
-from infra.settings import RateLimitPolicy, Settings
+from contexts import REGISTRY
+from infra.policies import RateLimitPolicy
+from infra.settings import Settings
 
 KNOWLEDGE = LimitState("knowledge", 40, 60, remaining=12, reset_us=2_100_000, retry_us=0)
 DEFAULT = LimitState("default", 100, 60, remaining=70, reset_us=18_000_000, retry_us=0)
@@ -45,17 +48,20 @@ def test_retry_after_is_at_least_one_second(wait_us: int, seconds: int) -> None:
     assert retry_after_seconds(wait_us) == seconds
 
 
+GROUPS = rate_limit_groups(REGISTRY.rate_limit_routes)
+
+
 def test_writes_stack_two_limits_and_reads_one_and_health_none() -> None:
-    assert policies_for("POST", "/v1/knowledge/documents") == ("knowledge", "default")
-    assert policies_for("DELETE", "/v1/knowledge/documents/x") == ("knowledge", "default")
-    assert policies_for("GET", "/v1/knowledge/documents") == ("default",)
-    assert policies_for("GET", "/v1/commands") == ("default",)
-    assert policies_for("POST", "/v1/agents/helper/runs") == ("orchestration", "default")
-    assert policies_for("POST", "/v1/orchestration/plans") == ("orchestration", "default")
-    assert policies_for("GET", "/v1/agents/helper/runs") == ("default",)
-    assert policies_for("POST", "/v1/agentsmith") == ("default",)
+    assert policies_for("POST", "/v1/knowledge/documents", GROUPS) == ("knowledge", "default")
+    assert policies_for("DELETE", "/v1/knowledge/documents/x", GROUPS) == ("knowledge", "default")
+    assert policies_for("GET", "/v1/knowledge/documents", GROUPS) == ("default",)
+    assert policies_for("GET", "/v1/commands", GROUPS) == ("default",)
+    assert policies_for("POST", "/v1/agents/helper/runs", GROUPS) == ("orchestration", "default")
+    assert policies_for("POST", "/v1/orchestration/plans", GROUPS) == ("orchestration", "default")
+    assert policies_for("GET", "/v1/agents/helper/runs", GROUPS) == ("default",)
+    assert policies_for("POST", "/v1/agentsmith", GROUPS) == ("default",)
     for path in ("/livez", "/readyz", "/metrics", "/docs", "/openapi.json", "/v1x"):
-        assert policies_for("GET", path) == ()
+        assert policies_for("GET", path, GROUPS) == ()
 
 
 def test_limit_keys_name_policy_scope_and_id() -> None:
@@ -122,7 +128,7 @@ def test_policy_overrides_merge_over_the_defaults_field_by_field() -> None:
     settings = Settings(
         rate_limit_policies={"knowledge": {"limit": 5}, "search": {"limit": 9, "period_s": 1}}
     )
-    policies = settings.rate_limit_policies
+    policies = settings.rate_limits(REGISTRY.rate_limit_defaults)
     assert policies["knowledge"] == RateLimitPolicy(limit=5, period_s=60, cost=1, fail_open=True)
     assert policies["default"].limit == 100
     assert policies["login"] == RateLimitPolicy(limit=5, period_s=900, fail_open=False)

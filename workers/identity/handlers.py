@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from events.identity import commands as c
 from events.ids import email_reservation_id
-from workers.batch import Verdict
+from workers.decisions import Verdict
 from workers.identity.user import AuditRecord, EmailReservation, User, UserNotFoundError
 
 if TYPE_CHECKING:
     from events.base import Command
-    from workers.batch import Streams
+    from workers.decisions import Streams
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 
 from events.ids import document_aggregate_id
 from events.knowledge.commands import DeleteDocument, IngestDocument, KnowledgeCommand
-from workers.batch import Verdict
+from workers.decisions import Verdict
 from workers.knowledge.document import Document
 
 if TYPE_CHECKING:
     import uuid
 
     from events.base import Command
-    from workers.batch import Streams
+    from workers.decisions import Streams
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,3 @@
+from uait.main import main
+
+main()

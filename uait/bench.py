@@ -1,0 +1,83 @@
+"""``uait bench ...``: the benchmarks, each printing its figures beside its baseline."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.console import setup_logging
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+
+
+@app.command("pipeline")
+def bench_pipeline(
+    commands: Annotated[int, typer.Option(help="small documents to ingest")] = 100_000,
+    baseline_commands: Annotated[
+        int, typer.Option(help="commands for the batch-size-1 run")
+    ] = 5_000,
+    paced_rate: Annotated[int, typer.Option(help="commands/s of the latency run")] = 500,
+    paced_seconds: Annotated[int, typer.Option(help="length of the latency run")] = 10,
+) -> None:
+    """Publish -> worker -> event store -> projection throughput, batched vs one per txn."""
+    from bench.pipeline import main as run_bench
+
+    setup_logging("WARNING")
+    run_bench(
+        commands=commands,
+        baseline_commands=baseline_commands,
+        paced_rate=paced_rate,
+        paced_seconds=paced_seconds,
+    )
+
+
+@app.command("retry")
+def bench_retry(
+    commands: Annotated[int, typer.Option(help="documents per round and path")] = 5000,
+    rounds: Annotated[int, typer.Option(help="rounds of each path (medians)")] = 3,
+) -> None:
+    """Commands/s through the retry path (each failing once) against the normal path."""
+    from bench.retry import main as run_bench
+
+    setup_logging("WARNING", fmt="text")
+    run_bench(commands=commands, rounds=rounds)
+
+
+@app.command("ingress")
+def bench_ingress(
+    seconds: Annotated[int, typer.Option(help="length of each wrk run")] = 10,
+    rounds: Annotated[int, typer.Option(help="alternating rounds; medians are reported")] = 3,
+    connections: Annotated[int, typer.Option(help="wrk connections")] = 32,
+) -> None:
+    """The authenticated, rate-limited, validated publish path against a bare endpoint."""
+    from bench.ingress import main as run_bench
+
+    setup_logging("WARNING", fmt="text")
+    run_bench(seconds=seconds, rounds=rounds, connections=connections)
+
+
+@app.command("rebuild")
+def bench_rebuild(
+    count: Annotated[int, typer.Option("--events", help="events to generate")] = 1_000_000,
+    sample: Annotated[int, typer.Option(help="events for the library's plain runner")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="events per rebuild transaction")] = 10_000,
+) -> None:
+    """Blue/green rebuild rate against the eventsourcing library's plain ProjectionRunner."""
+    from bench.rebuild import main as run_bench
+
+    setup_logging("WARNING", fmt="text")
+    run_bench(events_count=count, sample=sample, batch_size=batch_size)
+
+
+@app.command("lag")
+def bench_lag(
+    rate: Annotated[int, typer.Option(min=1, help="events appended per second")] = 500,
+    seconds: Annotated[float, typer.Option(min=1, help="length of the paced run")] = 30,
+    per_append: Annotated[int, typer.Option(min=1, help="events per append")] = 5,
+) -> None:
+    """p50/p99 time from an event's commit to its read-model row, at a paced rate."""
+    from bench.lag import main as run_bench
+
+    setup_logging("WARNING", fmt="text")
+    run_bench(rate=rate, seconds=seconds, per_append=per_append)

@@ -1,0 +1,41 @@
+"""What a context plugs into the worker: a decider, which names the streams a command needs and
+records its events on the aggregates of those streams, and the verdict it gives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from workers.aggregate import Aggregate
+
+if TYPE_CHECKING:
+    import uuid
+
+    from events.base import Command
+
+AggregateT = TypeVar("AggregateT", bound=Aggregate)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a decider says about a command that it accepted."""
+
+    aggregate_id: uuid.UUID | None
+    detail: str = ""
+
+
+class Streams(Protocol):
+    def get(self, aggregate_id: uuid.UUID, cls: type[AggregateT]) -> AggregateT: ...
+
+
+class Decider(Protocol):
+    """A context's decision logic: which streams a command needs, and what it records."""
+
+    @property
+    def context(self) -> str: ...
+
+    def stream_ids(self, command: Command) -> list[uuid.UUID]: ...
+
+    def decide(self, command: Command, streams: Streams) -> Verdict:
+        """Record events on aggregates from ``streams``; raise DomainRuleError to reject."""
+        ...
