@@ -32,7 +32,6 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from rich.console import Console
 
-import events  # noqa: F401  (registers every message type)
 from contexts import REGISTRY
 from events.ids import command_aggregate_id, document_aggregate_id, uuid7
 from events.knowledge.events import ChunkSpan, DocumentIngested

@@ -32,7 +32,6 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-import events  # noqa: F401  (registers every message type)
 from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument

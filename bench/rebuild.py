@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-import events  # noqa: F401  (registers every message type)
+import contexts  # noqa: F401  (registers every message type)
 from events.ids import command_aggregate_id, document_aggregate_id, uuid7
 from events.knowledge.events import ChunkSpan, DocumentIngested
 from events.outcomes import CommandSucceeded

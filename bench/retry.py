@@ -28,7 +28,6 @@ from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from rich.console import Console
 
-import events  # noqa: F401  (registers every message type)
 from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import IngestDocument, KnowledgeCommand
@@ -62,6 +61,10 @@ class FailOnce:
     )
     context: str = "knowledge"
     failed: set[str] = field(default_factory=set)
+
+    @property
+    def commands(self) -> frozenset[type[Command]]:
+        return self.inner.commands
 
     def stream_ids(self, command: Command) -> list[uuid.UUID]:
         return self.inner.stream_ids(command)

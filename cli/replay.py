@@ -15,7 +15,7 @@ from cli.store import open_store
 def replay(
     ctx: typer.Context,
     to_topic: Annotated[str, typer.Option(help="Kafka topic to publish to")],
-    context: Annotated[str, typer.Option()] = "knowledge",
+    context: Annotated[str | None, typer.Option(help="default: the first context")] = None,
     from_position: Annotated[int | None, typer.Option(min=1, help="first position")] = None,
     from_time: Annotated[datetime | None, typer.Option(help="committed at or after (ISO)")] = None,
     to_position: Annotated[int | None, typer.Option(min=1, help="stop before")] = None,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.console import console, known_context, load_settings, progress_bar, setup_logging
+from cli.console import console, contexts, known_context, load_settings, progress_bar, setup_logging
 
 if TYPE_CHECKING:
     from infra.eventstore import EventStore
@@ -15,15 +15,16 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, help="Event store backup and restore.")
 
 
-def open_store(ctx: typer.Context, settings: Settings, context: str) -> EventStore:
-    """``context``'s event store (migrated first); a CLI error for an unknown context."""
+def open_store(ctx: typer.Context, settings: Settings, context: str | None) -> EventStore:
+    """``context``'s event store (the first context's when None; migrated first); a CLI error
+    for an unknown context."""
     from infra.databases import eventsourcing_env
     from infra.eventstore import EventStore, open_factory
     from infra.migrate import migrate as apply
     from infra.startup import require_endpoints
 
     require_endpoints(settings)
-    known_context(ctx, context)
+    context = known_context(ctx, context or contexts(ctx).names[0])
     apply(settings.database_url)
     return EventStore(context, open_factory(context, eventsourcing_env(settings.database_url)))
 
@@ -32,7 +33,7 @@ def open_store(ctx: typer.Context, settings: Settings, context: str) -> EventSto
 def store_export(
     ctx: typer.Context,
     output: Annotated[str, typer.Argument(help="file to write (.jsonl.gz)")],
-    context: Annotated[str, typer.Option()] = "knowledge",
+    context: Annotated[str | None, typer.Option(help="default: the first context")] = None,
     from_position: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Stream the event store to compressed JSON lines with a checksum."""
@@ -58,7 +59,7 @@ def store_export(
 def store_import(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument(help="a file written by `uait store export`")],
-    context: Annotated[str, typer.Option()] = "knowledge",
+    context: Annotated[str | None, typer.Option(help="default: the first context")] = None,
 ) -> None:
     """Load a backup into an empty event store (same positions), checking its checksum."""
     from infra.backup import BackupError, import_store, read_header

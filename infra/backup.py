@@ -2,7 +2,7 @@
 
 Format (gzip): a header line, one line per stored event in store order, and a trailer::
 
-    {"format": "uait-store", "version": 1, "context": "knowledge", "from_position": 0, ...}
+    {"format": "uait-store", "version": 1, "context": "<context>", "from_position": 0, ...}
     {"position": 1, "aggregate_id": "...", "aggregate_version": 1, "topic": "...", "state": "..."}
     ...
     {"end": true, "count": 2, "sha256": "<hex digest of every line before this one>"}

@@ -267,6 +267,13 @@ class Settings(BaseSettings):
         merge_rate_limits(PLATFORM_RATE_LIMIT_POLICIES, platform)
         return overrides
 
+    def platform_rate_limit(self, name: str) -> RateLimitPolicy:
+        """One of the platform's own policies (e.g. ``login``), with its overrides."""
+        return merge_rate_limits(
+            {name: PLATFORM_RATE_LIMIT_POLICIES[name]},
+            {k: v for k, v in self.rate_limit_policies.items() if k == name},
+        )[name]
+
     def rate_limits(
         self, defaults: Mapping[str, Mapping[str, Any]] | None = None
     ) -> dict[str, RateLimitPolicy]:

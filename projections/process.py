@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import redis
@@ -175,8 +176,14 @@ def check_version(runner: ProjectionRunner, *, rebuild: bool) -> None:
         log.info("%s: rebuilt %d events at %.0f/s", projection.name, result.events, result.rate)
 
 
+STOP_DEADLINE_S = 10.0
+"""How long the runners, together, get to finish their batch once asked to stop."""
+
+
 def follow(runners: list[ProjectionRunner]) -> None:
-    """Run each runner in its own thread until SIGINT/SIGTERM."""
+    """Run each runner in its own thread until SIGINT/SIGTERM; then give them, all together,
+    ``STOP_DEADLINE_S`` to finish their batch (each commits or rolls back as a whole, so one
+    cut short is applied again at the next start)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -194,5 +201,9 @@ def follow(runners: list[ProjectionRunner]) -> None:
     log.info("projections running: %s", ", ".join(r.projection.name for r in runners))
     while not stop.is_set():
         stop.wait(0.5)
+    deadline = time.monotonic() + STOP_DEADLINE_S
     for t in threads:
-        t.join(timeout=10)
+        t.join(timeout=max(deadline - time.monotonic(), 0))
+    late = [t.name for t in threads if t.is_alive()]
+    if late:
+        log.warning("projections: %s still busy after %.0f s; exiting", late, STOP_DEADLINE_S)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
+import contexts  # noqa: F401  (registers every context's message types)
 from infra.secrets import generate as generate_secrets
 from infra.settings import Settings
 from infra.stack import EmbeddedStack, Endpoints, create_database, drop_database

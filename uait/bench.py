@@ -81,3 +81,27 @@ def bench_lag(
 
     setup_logging("WARNING", fmt="text")
     run_bench(rate=rate, seconds=seconds, per_append=per_append)
+
+
+@app.command(
+    "alternate",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def bench_alternate(
+    ctx: typer.Context,
+    base: Annotated[str, typer.Option(help="the baseline revision (A)")] = "origin/main",
+    head: Annotated[str, typer.Option(help="the revision compared with it (B)")] = "HEAD",
+    rounds: Annotated[int, typer.Option(min=1, help="runs of each build")] = 3,
+) -> None:
+    """Two revisions' figures for one bench, in alternating runs: `uait bench alternate --base
+    REV -- pipeline --commands 50000`. Prints the medians and their ratio."""
+    from pathlib import Path
+
+    from bench.alternate import main as run_bench
+    from infra.settings import Settings
+
+    if not ctx.args:
+        raise typer.BadParameter("name the bench after --, e.g. -- pipeline --commands 50000")
+    repo = Path.cwd()
+    root = Settings().data_dir.absolute() / "alternate"
+    run_bench(base=base, head=head, rounds=rounds, bench=list(ctx.args), repo=repo, root=root)

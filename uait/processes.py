@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from infra.settings import Settings
 
 
+INGRESS_STOP_DEADLINE_S = 5
+"""On SIGTERM the ingress stops accepting, lets requests finish this long, then closes the rest."""
+
+
 def prepare(settings: Settings, *, need_kafka: bool = True) -> None:
     """Migrations and every context's topics (both idempotent; every process runs them)."""
     from infra.startup import prepare as prepare_with
@@ -132,4 +136,6 @@ def ingress(
         # X-Forwarded-* are honoured only from UAIT_TRUSTED_PROXIES (app.clientip), never by
         # uvicorn's own default, which trusts any local client.
         proxy_headers=False,
+        # Open streams (SSE, WebSockets) would hold a stop forever: cut them after this.
+        timeout_graceful_shutdown=INGRESS_STOP_DEADLINE_S,
     )

@@ -34,6 +34,11 @@ class Decider(Protocol):
     @property
     def context(self) -> str: ...
 
+    @property
+    def commands(self) -> frozenset[type[Command]]:
+        """The command types it decides (any other is a programming error)."""
+        ...
+
     def stream_ids(self, command: Command) -> list[uuid.UUID]: ...
 
     def decide(self, command: Command, streams: Streams) -> Verdict:

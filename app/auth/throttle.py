@@ -38,7 +38,7 @@ class LoginThrottle:
         self.limiter = limiter
         self.redis = redis
         self.settings = settings
-        self.policy = settings.rate_limits()["login"]
+        self.policy = settings.platform_rate_limit("login")
 
     def _unavailable(self) -> ProblemError:
         return ProblemError(

@@ -55,6 +55,10 @@ class ScriptedDecider:
     failures: Counter[str] = field(default_factory=Counter)
     slow_started: set[str] = field(default_factory=set)
 
+    @property
+    def commands(self) -> frozenset[type[Command]]:
+        return self.inner.commands
+
     def stream_ids(self, command: Command) -> list[uuid.UUID]:
         return self.inner.stream_ids(command)
 
