@@ -8,7 +8,7 @@ import typer
 from cli import breakers, dlq, projections, publish, replay, store, topics, workers
 from cli.security import keys_app, secrets_app
 from contexts import REGISTRY
-from uait import bench, dev, processes
+from uait import asyncapi, bench, dev, processes
 
 app = typer.Typer(no_args_is_help=True, help="Universal AI Tools: event-sourced AI backend.")
 
@@ -25,6 +25,7 @@ app.command()(processes.worker)
 app.command()(processes.relay)
 app.command()(processes.ingress)
 app.command()(dev.dev)
+app.command()(asyncapi.asyncapi)
 projections.app.command("run")(processes.projections_run)
 for name, group in (
     ("topics", topics.app),
