@@ -79,9 +79,20 @@ def dev(
             _stop(children)
 
 
+_SECOND_PRESS_S = 1.0
+"""A Ctrl-C this long after the stop began is a second press. One sooner is the same press
+again: the terminal sends it to the whole process group, and `uv run` forwards its own copy."""
+
+
 def _stop(children: list[tuple[str, subprocess.Popen[bytes], StopPlan]]) -> None:
     hurry = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: hurry.set())
+    began = time.monotonic()
+
+    def on_interrupt(*_: object) -> None:
+        if time.monotonic() - began >= _SECOND_PRESS_S:
+            hurry.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         stop_all(children, hurry=hurry)
     finally:
