@@ -56,18 +56,21 @@ def projection_runners(
             factory = factories[projection.context] = open_factory(
                 projection.context, es_env, pool_size=2 + len(projections) * 2
             )
-        recorder = factory.application_recorder()
-        assert isinstance(recorder, PostgresApplicationRecorder)
-        runner = ProjectionRunner(
-            projection,
-            recorder,
-            factory.tracking_recorder(),
-            batch_size=settings.projection_batch_size,
-        )
+        runner = _runner(settings, factory, projection)
         if setup:
             runner.setup()
         runners.append(runner)
     return runners, list(factories.values())
+
+
+def _runner(
+    settings: Settings, factory: PostgresFactory, projection: Projection
+) -> ProjectionRunner:
+    recorder = factory.application_recorder()
+    assert isinstance(recorder, PostgresApplicationRecorder)
+    return ProjectionRunner(
+        projection, recorder, factory.tracking_recorder(), batch_size=settings.projection_batch_size
+    )
 
 
 def run_projections(
@@ -100,16 +103,7 @@ def run_projections(
                     continue
                 factory = open_factory(follower.context, es_env, pool_size=3)
                 factories.append(factory)
-                recorder = factory.application_recorder()
-                assert isinstance(recorder, PostgresApplicationRecorder)
-                runners.append(
-                    ProjectionRunner(
-                        follower,
-                        recorder,
-                        factory.tracking_recorder(),
-                        batch_size=settings.projection_batch_size,
-                    )
-                )
+                runners.append(_runner(settings, factory, follower))
         follow(runners)
     finally:
         for f in factories:
@@ -129,16 +123,7 @@ def run_relay(settings: Settings, relays: Callable[[BlockingProducer], list[Even
         for relay in relays(producer):
             factory = open_factory(relay.context, es_env, pool_size=3)
             factories.append(factory)
-            recorder = factory.application_recorder()
-            assert isinstance(recorder, PostgresApplicationRecorder)
-            runners.append(
-                ProjectionRunner(
-                    relay,
-                    recorder,
-                    factory.tracking_recorder(),
-                    batch_size=settings.projection_batch_size,
-                )
-            )
+            runners.append(_runner(settings, factory, relay))
         follow(runners)
     finally:
         producer.close()
