@@ -1,10 +1,12 @@
-"""``uait bench alternate``: two builds of uait, benchmarked in turns, in one sitting.
+"""``uait bench alternate``: builds of uait, benchmarked in turns, in one sitting.
 
 Each build is a git revision checked out into a worktree of its own (under the data dir), run
-with this checkout's interpreter and dependencies, so only the code differs. Rounds alternate
-(A, B, A, B, ...) so that a slower minute of a shared machine hits both builds alike. Every
-run's summary line (the last line a bench prints) is kept; the first figure of each is the one
-compared: medians per build and their ratio.
+with this checkout's interpreter and dependencies, so only the code differs. Rounds take the
+builds in turn, in an order that rotates each round (A B C, B C A, ...), so that a slower
+minute of a shared machine hits every build alike. Every run's summary line (the last line a
+bench prints) is kept; the first figure of each is the one compared: medians per build and
+their ratio to the first build's. With more than two revisions this is a coarse bisection: the
+step where the ratio moves is where to look.
 """
 
 from __future__ import annotations
@@ -88,30 +90,35 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("UAIT_")}
 
 
-def main(*, base: str, head: str, rounds: int, bench: list[str], repo: Path, root: Path) -> None:
+def main(*, revisions: list[str], rounds: int, bench: list[str], repo: Path, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     builds = [
-        Build("A", base, worktree(repo, base, root)),
-        Build("B", head, worktree(repo, head, root)),
+        Build(chr(ord("A") + i), rev, worktree(repo, rev, root)) for i, rev in enumerate(revisions)
     ]
-    console.print(f"[bold]uait bench {' '.join(bench)}[/bold]: {rounds} alternating rounds")
+    console.print(f"[bold]uait bench {' '.join(bench)}[/bold]: {rounds} rounds of {len(builds)}")
     for round_ in range(1, rounds + 1):
-        for build in builds if round_ % 2 else reversed(builds):
+        shift = (round_ - 1) % len(builds)
+        for build in builds[shift:] + builds[:shift]:
             summary, figure, took = run_once(build, bench)
             build.runs.append((summary, figure, took))
-            console.print(
-                f"round {round_} {build.label} {build.revision}: {summary} ({took:.0f} s)"
-            )
-    table = Table("build", "revision", *(f"run {i}" for i in range(1, rounds + 1)), "median")
+            label = f"round {round_} {build.label} {build.revision}"
+            console.print(f"{label}: {summary} ({took:.0f} s)")
+    table = Table(
+        "build", "revision", *(f"run {i}" for i in range(1, rounds + 1)), "median", "ratio"
+    )
+    base = statistics.median(f for _, f, _ in builds[0].runs)
+    medians = []
     for build in builds:
         figures = [f for _, f, _ in build.runs]
+        median = statistics.median(figures)
+        medians.append(median)
         table.add_row(
             build.label,
             build.revision,
             *(f"{f:,.1f}" for f in figures),
-            f"{statistics.median(figures):,.1f}",
+            f"{median:,.1f}",
+            f"{median / base:.2f}",
         )
     console.print(table)
-    a = statistics.median(f for _, f, _ in builds[0].runs)
-    b = statistics.median(f for _, f, _ in builds[1].runs)
-    print(f"alternate: {base} {a:,.1f}, {head} {b:,.1f}: ratio {b / a:.2f} (medians of {rounds})")
+    parts = ", ".join(f"{b.revision} {m:,.1f}" for b, m in zip(builds, medians, strict=True))
+    print(f"alternate: {parts}: ratio {medians[-1] / base:.2f} (medians of {rounds})")

@@ -90,11 +90,14 @@ def bench_lag(
 def bench_alternate(
     ctx: typer.Context,
     base: Annotated[str, typer.Option(help="the baseline revision (A)")] = "origin/main",
-    head: Annotated[str, typer.Option(help="the revision compared with it (B)")] = "HEAD",
+    head: Annotated[str, typer.Option(help="the revision compared with it (last)")] = "HEAD",
+    via: Annotated[
+        list[str] | None, typer.Option(help="revisions between them, for a coarse bisection")
+    ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="runs of each build")] = 3,
 ) -> None:
-    """Two revisions' figures for one bench, in alternating runs: `uait bench alternate --base
-    REV -- pipeline --commands 50000`. Prints the medians and their ratio."""
+    """Revisions' figures for one bench, in alternating runs: `uait bench alternate --base REV
+    -- pipeline --commands 50000`. Prints the medians and their ratios to the base's."""
     from pathlib import Path
 
     from bench.alternate import main as run_bench
@@ -104,4 +107,5 @@ def bench_alternate(
         raise typer.BadParameter("name the bench after --, e.g. -- pipeline --commands 50000")
     repo = Path.cwd()
     root = Settings().data_dir.absolute() / "alternate"
-    run_bench(base=base, head=head, rounds=rounds, bench=list(ctx.args), repo=repo, root=root)
+    revisions = [base, *(via or []), head]
+    run_bench(revisions=revisions, rounds=rounds, bench=list(ctx.args), repo=repo, root=root)
