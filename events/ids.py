@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -59,15 +60,31 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+_KEEP = ((1 << 128) - 1) & ~(0xF000 << 64) & ~(0xC000 << 48)
+_VERSION_5 = 5 << 76 | 0x8000 << 48  # the version nibble, and the RFC 4122 variant bits
+_set = object.__setattr__
+
+
+def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
+    """``uuid.uuid5(namespace, name)``, the same value, in a third of the time: the workers
+    derive several per command. (``uuid.UUID(...)`` validates and converts its arguments; this
+    sets the two slots that constructor would set.)"""
+    digest = hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest()
+    value = uuid.UUID.__new__(uuid.UUID)
+    _set(value, "int", int.from_bytes(digest[:16], "big") & _KEEP | _VERSION_5)
+    _set(value, "is_safe", uuid.SafeUUID.unknown)
+    return value
+
+
 def command_aggregate_id(message_id: uuid.UUID) -> uuid.UUID:
     """The id of the per-command aggregate that records a command's one outcome."""
-    return uuid.uuid5(COMMAND_NAMESPACE, str(message_id))
+    return uuid5(COMMAND_NAMESPACE, str(message_id))
 
 
 def document_aggregate_id(document_id: str) -> uuid.UUID:
-    return uuid.uuid5(DOCUMENT_NAMESPACE, document_id)
+    return uuid5(DOCUMENT_NAMESPACE, document_id)
 
 
 def email_reservation_id(email_hmac: str) -> uuid.UUID:
     """The stream that says who owns an email (by its keyed hash, never the email itself)."""
-    return uuid.uuid5(EMAIL_NAMESPACE, email_hmac)
+    return uuid5(EMAIL_NAMESPACE, email_hmac)

@@ -108,24 +108,38 @@ class ProjectionRunner:
         return self._position
 
     def run_batch(self) -> int:
-        """Project up to ``batch_size`` events past the tracked position; returns how many."""
+        """Project the events in the next ``batch_size`` positions past the tracked one; returns
+        how many positions it passed (0: nothing new).
+
+        Only the event types the projection handles are read (``topics``, filtered by the
+        database), but the position advances over the whole range: the store's head is read
+        first, and every position up to it has committed (appends are serialised by the table
+        lock, in position order), so the range holds nothing that could still appear.
+        """
         start = self._current()
-        stop = None
+        head = self.recorder.max_notification_id() or 0
+        end = min(start + self.batch_size, head)
         if self.behind is not None:
-            stop = self.tracking.max_tracking_id(self.behind) or 0
-            if stop <= start:
-                return 0
-        notes = list(
-            self.recorder.select_notifications(
-                start=start, limit=self.batch_size, stop=stop, inclusive_of_start=False
-            )
-        )
-        if not notes:
+            end = min(end, self.tracking.max_tracking_id(self.behind) or 0)
+        if end <= start:
             return 0
+        topics = sorted(self.projection.topics)
+        notes = (
+            list(
+                self.recorder.select_notifications(
+                    start=start,
+                    limit=self.batch_size,
+                    stop=end,
+                    topics=topics,
+                    inclusive_of_start=False,
+                )
+            )
+            if topics
+            else []
+        )
         started = time.perf_counter()
         started_ns = time.time_ns()
         batch = to_envelopes(self.projection, notes)
-        last = notes[-1].id
         try:
             with self.datastore.transaction(commit=True) as cur:
                 if not self._still_at(cur, start):
@@ -136,10 +150,10 @@ class ProjectionRunner:
                     self.projection.apply(cur, batch)
                 # The library's single-row tracking refuses to go backwards (IntegrityError):
                 # a second runner of the same projection can never apply a batch twice.
-                self.tracking._insert_tracking(cur, Tracking(self.projection.name, last))
+                self.tracking._insert_tracking(cur, Tracking(self.projection.name, end))
                 cur.execute(
                     "SELECT pg_notify(%s, %s)",
-                    (POSITIONS_CHANNEL, f"{self.projection.name}:{last}"),
+                    (POSITIONS_CHANNEL, f"{self.projection.name}:{end}"),
                 )
         except IntegrityError:
             log.warning("%s: another runner moved past %d", self.projection.name, start)
@@ -148,11 +162,11 @@ class ProjectionRunner:
         except BaseException:
             self._position = None
             raise
-        self._position = last
-        self._observe(notes, started)
+        self._position = end
+        self._observe(end - start, end, head, notes[-1] if notes else None, started)
         if tracing_enabled():
             self._trace(batch, started_ns, time.time_ns())
-        return len(notes)
+        return end - start
 
     def _trace(self, batch: list[Envelope], start: int, end: int) -> None:
         """A span per applied event, in the trace of the command that caused it."""
@@ -187,22 +201,22 @@ class ProjectionRunner:
         row = cur.fetchone()
         return (row["notification_id"] if row else 0) == start
 
-    def _observe(self, notes: list[Notification], started: float) -> None:
+    def _observe(
+        self, passed: int, position: int, head: int, last: Notification | None, started: float
+    ) -> None:
         name = self.projection.name
-        last = notes[-1]
         PROJECTION_BATCH_DURATION.labels(name).observe(time.perf_counter() - started)
-        PROJECTION_EVENTS.labels(name).inc(len(notes))
-        PROJECTION_POSITION.labels(name).set(last.id)
-        head = self.recorder.max_notification_id() or last.id
+        PROJECTION_EVENTS.labels(name).inc(passed)
+        PROJECTION_POSITION.labels(name).set(position)
         PROJECTION_HEAD.labels(name).set(head)
-        PROJECTION_LAG_EVENTS.labels(name).set(head - last.id)
-        if head > last.id:
+        PROJECTION_LAG_EVENTS.labels(name).set(head - position)
+        if head > position and last is not None:
             # How old the newest applied event is while newer ones wait: the time lag.
             at = datetime.fromisoformat(orjson.loads(last.state)["at"])
             PROJECTION_LAG_SECONDS.labels(name).set(
                 max((datetime.now(UTC) - at).total_seconds(), 0)
             )
-        else:
+        elif head <= position:
             PROJECTION_LAG_SECONDS.labels(name).set(0)
 
     def catch_up(self, stop: threading.Event | None = None) -> int:
