@@ -13,10 +13,12 @@ it has its outcome, so the retry path never reorders one aggregate's commands.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -134,6 +136,7 @@ class BatchProcessor:
         self.parking = parking
         self.policies = policies
         self.is_cancelled = is_cancelled or (lambda _command_id: False)
+        self._marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mark-started")
 
     def process(self, records: Sequence[Record]) -> BatchReport:
         """Give every record its outcome; returns what happened. Raises only transient errors."""
@@ -147,11 +150,22 @@ class BatchProcessor:
                 continue
             seen.add(item.command_id)
             items.append(item)
-        if self.on_started is not None:
-            self.on_started(items)
-        keys = sorted({item.key for item in items if item.key})
-        queues = Queues(self.parking.heads(keys) if self.parking and keys else {})
-        self._commit(items, report, queues)
+        # Marking them started is an UPSERT of its own: it runs on another connection while
+        # this batch is decided, and the batch ends only once it has (its error is the batch's).
+        started = (
+            self._marker.submit(self.on_started, items) if self.on_started is not None else None
+        )
+        try:
+            keys = sorted({item.key for item in items if item.key})
+            queues = Queues(self.parking.heads(keys) if self.parking and keys else {})
+            self._commit(items, report, queues)
+        except BaseException:
+            if started is not None:
+                with contextlib.suppress(Exception):  # the batch's own error is the one to tell
+                    started.result()
+            raise
+        if started is not None:
+            started.result()
         return report
 
     def parse(self, record: Record) -> Item:
