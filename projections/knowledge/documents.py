@@ -133,8 +133,10 @@ class DocumentsProjection:
                 deleted.add(event.document_id)
         if not final:
             return
-        touched = list(final)
-        cur.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (touched,))
+        # A document's first version has no chunks before it: only later ones replace theirs.
+        touched = [d for d, state in final.items() if state is None or state[1].version > 1]
+        if touched:
+            cur.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (touched,))
         gone = list(deleted)
         if gone:
             cur.execute("DELETE FROM documents WHERE document_id = ANY(%s)", (gone,))
