@@ -1,14 +1,16 @@
 """``uait bench pipeline``: publish -> Kafka -> worker -> event store -> projection -> read model.
 
 Each run gets a fresh embedded stack (Tansu + PostgreSQL) and real worker and projection
-processes, as in production. Three runs, in one invocation:
+processes, as in production. Three runs and a yardstick, in one invocation:
 
 1. throughput with the configured batch sizes: N small documents published straight to Kafka,
    timed from the first publish to the projection commit that makes the last row visible;
 2. the same code with worker batch size 1 (one command per event-store transaction; the
    projection keeps its batching) on a smaller sample, for the ratio;
 3. a paced run (default 500 commands/s) for publish -> read-model latency percentiles, taken
-   from the projection's own commit notifications.
+   from the projection's own commit notifications;
+4. the machine's own baseline: plain batched INSERTs into a fresh PostgreSQL, so that figures
+   from different days (the machine is shared) compare through their ratio to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -311,6 +314,40 @@ def run(
     return result
 
 
+BASELINE_SECONDS = 5.0
+BASELINE_BATCH = 500
+
+
+def machine_baseline(log_dir: Path, seconds: float = BASELINE_SECONDS) -> float:
+    """This machine's own yardstick: rows/s of plain batched INSERTs into PostgreSQL.
+
+    The rows are shaped like the pipeline's events (a uuid, a version, a type, ~600 bytes of
+    state) and go 500 to a transaction, one statement each, on a fresh embedded database: what
+    the store could take with no broker, no decisions and no projections. Figures from
+    different days compare through their ratio to it.
+    """
+    state = os.urandom(300).hex().encode()
+    with fresh_stack(log_dir) as endpoints, psycopg.connect(endpoints.database_url) as conn:
+        conn.execute(
+            "CREATE TABLE baseline (id bigserial PRIMARY KEY, originator_id uuid NOT NULL,"
+            " originator_version bigint NOT NULL, topic text NOT NULL, state bytea NOT NULL,"
+            " UNIQUE (originator_id, originator_version))"
+        )
+        conn.commit()
+        rows = 0
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            ids = [uuid.uuid4() for _ in range(BASELINE_BATCH)]
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO baseline (originator_id, originator_version, topic, state)"
+                    " SELECT id, 1, 'DocumentIngested', %s FROM unnest(%s::uuid[]) AS t(id)",
+                    (state, ids),
+                )
+            rows += BASELINE_BATCH
+        return rows / elapsed
+
+
 def main(*, commands: int, baseline_commands: int, paced_rate: int, paced_seconds: int) -> None:
     defaults = Settings(kafka_bootstrap="x", database_url="x")
     with tempfile.TemporaryDirectory(prefix="uait-bench-logs-") as logs:
@@ -336,5 +373,11 @@ def main(*, commands: int, baseline_commands: int, paced_rate: int, paced_second
             f"paced {paced_rate}/s for {paced_seconds} s: publish -> read model "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(paced.latencies_ms):.1f} ms"
         )
+        baseline = machine_baseline(log_dir)
+        console.print(
+            f"machine baseline: {baseline:,.0f} rows/s of batched INSERTs into PostgreSQL "
+            f"({BASELINE_BATCH}/txn); the pipeline is at {batched.rate / baseline:.2f} of it"
+        )
     summary = f"{batched.rate:.0f} commands/s, p99 {p99:.0f} ms"
-    print(f"pipeline: {summary}, {ratio:.1f}x over one-per-transaction")
+    tail = f"{ratio:.1f}x over one-per-transaction; baseline {baseline:.0f} rows/s"
+    print(f"pipeline: {summary}, {tail}")
