@@ -17,7 +17,7 @@ from infra.eventstore import open_factory
 from projections.control import read_state, write_state
 from projections.rebuild import Rebuilder
 from projections.relay import BlockingProducer, EventRelay
-from projections.runner import ProjectionRunner
+from projections.runner import Decoded, ProjectionRunner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,9 +42,11 @@ def projection_runners(
     *,
     names: Sequence[str] | None = None,
     setup: bool = True,
+    decoded: dict[str, Decoded] | None = None,
 ) -> tuple[list[ProjectionRunner], list[PostgresFactory]]:
     """A runner for each of ``projections`` (those named in ``names``, when given), and the
-    event-store connections they share (one per context: close them when done)."""
+    event-store connections they share (one per context: close them when done). With
+    ``decoded``, the runners of one context share what they decode (filled per context)."""
     es_env = eventsourcing_env(settings.database_url)
     factories: dict[str, PostgresFactory] = {}
     runners = []
@@ -56,7 +58,8 @@ def projection_runners(
             factory = factories[projection.context] = open_factory(
                 projection.context, es_env, pool_size=2 + len(projections) * 2
             )
-        runner = _runner(settings, factory, projection)
+        shared = None if decoded is None else decoded.setdefault(projection.context, Decoded())
+        runner = _runner(settings, factory, projection, shared)
         if setup:
             runner.setup()
         runners.append(runner)
@@ -64,12 +67,19 @@ def projection_runners(
 
 
 def _runner(
-    settings: Settings, factory: PostgresFactory, projection: Projection
+    settings: Settings,
+    factory: PostgresFactory,
+    projection: Projection,
+    decoded: Decoded | None = None,
 ) -> ProjectionRunner:
     recorder = factory.application_recorder()
     assert isinstance(recorder, PostgresApplicationRecorder)
     return ProjectionRunner(
-        projection, recorder, factory.tracking_recorder(), batch_size=settings.projection_batch_size
+        projection,
+        recorder,
+        factory.tracking_recorder(),
+        batch_size=settings.projection_batch_size,
+        decoded=decoded,
     )
 
 
@@ -86,7 +96,8 @@ def run_projections(
     With a Redis and the cache enabled, the projections whose view is the cache
     (``cache_followers``: e.g. the knowledge cache's invalidation) follow the store too.
     """
-    runners, factories = projection_runners(settings, projections, names=names)
+    decoded: dict[str, Decoded] = {}
+    runners, factories = projection_runners(settings, projections, names=names, decoded=decoded)
     redis_client: redis.Redis | None = None
     try:
         for runner in runners:
@@ -103,7 +114,8 @@ def run_projections(
                     continue
                 factory = open_factory(follower.context, es_env, pool_size=3)
                 factories.append(factory)
-                runners.append(_runner(settings, factory, follower))
+                shared = decoded.setdefault(follower.context, Decoded())
+                runners.append(_runner(settings, factory, follower, shared))
         follow(runners)
     finally:
         for f in factories:
