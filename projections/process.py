@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
 import redis
@@ -58,7 +59,7 @@ def projection_runners(
             factory = factories[projection.context] = open_factory(
                 projection.context, es_env, pool_size=2 + len(projections) * 2
             )
-        shared = None if decoded is None else decoded.setdefault(projection.context, Decoded())
+        shared = None if decoded is None else decoded.get(projection.context)
         runner = _runner(settings, factory, projection, shared)
         if setup:
             runner.setup()
@@ -83,6 +84,21 @@ def _runner(
     )
 
 
+def shared_decoding(
+    projections: Sequence[Projection], names: Sequence[str] | None = None
+) -> dict[str, Decoded]:
+    """Per context, what its runners share: the event types that more than one of them reads."""
+    readers: dict[str, Counter[str]] = {}
+    for p in projections:
+        if not names or p.name in names:
+            readers.setdefault(p.context, Counter()).update(p.topics)
+    shared = {
+        context: frozenset(t for t, n in counts.items() if n > 1)
+        for context, counts in readers.items()
+    }
+    return {context: Decoded(topics) for context, topics in shared.items() if topics}
+
+
 def run_projections(
     settings: Settings,
     projections: Sequence[Projection],
@@ -96,26 +112,29 @@ def run_projections(
     With a Redis and the cache enabled, the projections whose view is the cache
     (``cache_followers``: e.g. the knowledge cache's invalidation) follow the store too.
     """
-    decoded: dict[str, Decoded] = {}
-    runners, factories = projection_runners(settings, projections, names=names, decoded=decoded)
     redis_client: redis.Redis | None = None
+    followers: list[Projection] = []
+    if settings.redis_url and settings.cache_enabled:
+        redis_client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=max(settings.redis_timeout_s, 1.0),
+            socket_connect_timeout=max(settings.redis_timeout_s, 1.0),
+        )
+        followers = [
+            f
+            for f in cache_followers(redis_client, settings.cache_prefix)
+            if not names or f.name in names
+        ]
+    decoded = shared_decoding([*projections, *followers], names)
+    runners, factories = projection_runners(settings, projections, names=names, decoded=decoded)
     try:
         for runner in runners:
             check_version(runner, rebuild=settings.projections_rebuild_on_start)
-        if settings.redis_url and settings.cache_enabled:
-            redis_client = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=max(settings.redis_timeout_s, 1.0),
-                socket_connect_timeout=max(settings.redis_timeout_s, 1.0),
-            )
-            es_env = eventsourcing_env(settings.database_url)
-            for follower in cache_followers(redis_client, settings.cache_prefix):
-                if names and follower.name not in names:
-                    continue
-                factory = open_factory(follower.context, es_env, pool_size=3)
-                factories.append(factory)
-                shared = decoded.setdefault(follower.context, Decoded())
-                runners.append(_runner(settings, factory, follower, shared))
+        es_env = eventsourcing_env(settings.database_url)
+        for follower in followers:
+            factory = open_factory(follower.context, es_env, pool_size=3)
+            factories.append(factory)
+            runners.append(_runner(settings, factory, follower, decoded.get(follower.context)))
         follow(runners)
     finally:
         for f in factories:

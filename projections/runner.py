@@ -75,7 +75,7 @@ def to_envelopes(
                 occurred_at=d.occurred_at,
                 meta=d.meta,
             )
-            if decoded is not None:
+            if decoded is not None and n.topic in decoded.topics:
                 decoded.put(n.id, env)
         out.append(env)
     return out
@@ -86,7 +86,9 @@ class Decoded:
     projection that follows another (``behind``) or reads the same types gets them without
     validating them again. Bounded; envelopes are immutable, so sharing them is safe."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, topics: frozenset[str], size: int = 10_000) -> None:
+        self.topics = topics
+        """The event types more than one runner reads: only those are kept."""
         self.size = size
         self._envelopes: dict[int, Envelope] = {}
         self._lock = threading.Lock()
