@@ -7,7 +7,6 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
 import redis
@@ -18,7 +17,7 @@ from infra.eventstore import open_factory
 from projections.control import read_state, write_state
 from projections.rebuild import Rebuilder
 from projections.relay import BlockingProducer, EventRelay
-from projections.runner import Decoded, ProjectionRunner
+from projections.runner import ProjectionRunner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -43,11 +42,9 @@ def projection_runners(
     *,
     names: Sequence[str] | None = None,
     setup: bool = True,
-    decoded: dict[str, Decoded] | None = None,
 ) -> tuple[list[ProjectionRunner], list[PostgresFactory]]:
     """A runner for each of ``projections`` (those named in ``names``, when given), and the
-    event-store connections they share (one per context: close them when done). With
-    ``decoded``, the runners of one context share what they decode (filled per context)."""
+    event-store connections they share (one per context: close them when done)."""
     es_env = eventsourcing_env(settings.database_url)
     factories: dict[str, PostgresFactory] = {}
     runners = []
@@ -59,8 +56,7 @@ def projection_runners(
             factory = factories[projection.context] = open_factory(
                 projection.context, es_env, pool_size=2 + len(projections) * 2
             )
-        shared = None if decoded is None else decoded.get(projection.context)
-        runner = _runner(settings, factory, projection, shared)
+        runner = _runner(settings, factory, projection)
         if setup:
             runner.setup()
         runners.append(runner)
@@ -68,35 +64,13 @@ def projection_runners(
 
 
 def _runner(
-    settings: Settings,
-    factory: PostgresFactory,
-    projection: Projection,
-    decoded: Decoded | None = None,
+    settings: Settings, factory: PostgresFactory, projection: Projection
 ) -> ProjectionRunner:
     recorder = factory.application_recorder()
     assert isinstance(recorder, PostgresApplicationRecorder)
     return ProjectionRunner(
-        projection,
-        recorder,
-        factory.tracking_recorder(),
-        batch_size=settings.projection_batch_size,
-        decoded=decoded,
+        projection, recorder, factory.tracking_recorder(), batch_size=settings.projection_batch_size
     )
-
-
-def shared_decoding(
-    projections: Sequence[Projection], names: Sequence[str] | None = None
-) -> dict[str, Decoded]:
-    """Per context, what its runners share: the event types that more than one of them reads."""
-    readers: dict[str, Counter[str]] = {}
-    for p in projections:
-        if not names or p.name in names:
-            readers.setdefault(p.context, Counter()).update(p.topics)
-    shared = {
-        context: frozenset(t for t, n in counts.items() if n > 1)
-        for context, counts in readers.items()
-    }
-    return {context: Decoded(topics) for context, topics in shared.items() if topics}
 
 
 def run_projections(
@@ -112,29 +86,24 @@ def run_projections(
     With a Redis and the cache enabled, the projections whose view is the cache
     (``cache_followers``: e.g. the knowledge cache's invalidation) follow the store too.
     """
+    runners, factories = projection_runners(settings, projections, names=names)
     redis_client: redis.Redis | None = None
-    followers: list[Projection] = []
-    if settings.redis_url and settings.cache_enabled:
-        redis_client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=max(settings.redis_timeout_s, 1.0),
-            socket_connect_timeout=max(settings.redis_timeout_s, 1.0),
-        )
-        followers = [
-            f
-            for f in cache_followers(redis_client, settings.cache_prefix)
-            if not names or f.name in names
-        ]
-    decoded = shared_decoding([*projections, *followers], names)
-    runners, factories = projection_runners(settings, projections, names=names, decoded=decoded)
     try:
         for runner in runners:
             check_version(runner, rebuild=settings.projections_rebuild_on_start)
-        es_env = eventsourcing_env(settings.database_url)
-        for follower in followers:
-            factory = open_factory(follower.context, es_env, pool_size=3)
-            factories.append(factory)
-            runners.append(_runner(settings, factory, follower, decoded.get(follower.context)))
+        if settings.redis_url and settings.cache_enabled:
+            redis_client = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=max(settings.redis_timeout_s, 1.0),
+                socket_connect_timeout=max(settings.redis_timeout_s, 1.0),
+            )
+            es_env = eventsourcing_env(settings.database_url)
+            for follower in cache_followers(redis_client, settings.cache_prefix):
+                if names and follower.name not in names:
+                    continue
+                factory = open_factory(follower.context, es_env, pool_size=3)
+                factories.append(factory)
+                runners.append(_runner(settings, factory, follower))
         follow(runners)
     finally:
         for f in factories:

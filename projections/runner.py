@@ -10,7 +10,6 @@ ingress can answer ``?after=`` and ``Prefer: wait`` without polling either.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,8 @@ from telemetry.metrics import (
 from telemetry.tracing import extract, tracer, tracing_enabled
 
 if TYPE_CHECKING:
+    import threading
+
     from eventsourcing.persistence import Notification
     from eventsourcing.postgres import (
         PostgresApplicationRecorder,
@@ -57,17 +58,14 @@ _TRANSIENT = (
 )
 
 
-def to_envelopes(
-    projection: Projection, notes: list[Notification], decoded: Decoded | None = None
-) -> list[Envelope]:
+def to_envelopes(projection: Projection, notes: list[Notification]) -> list[Envelope]:
     out = []
     for n in notes:
         if n.topic not in projection.topics:
             continue
-        env = decoded.get(n.id) if decoded is not None else None
-        if env is None:
-            d = decode(n.topic, n.state)
-            env = Envelope(
+        d = decode(n.topic, n.state)
+        out.append(
+            Envelope(
                 position=n.id,
                 aggregate_id=n.originator_id,
                 aggregate_version=n.originator_version,
@@ -75,32 +73,8 @@ def to_envelopes(
                 occurred_at=d.occurred_at,
                 meta=d.meta,
             )
-            if decoded is not None and n.topic in decoded.topics:
-                decoded.put(n.id, env)
-        out.append(env)
+        )
     return out
-
-
-class Decoded:
-    """The events of one store lately decoded, by position, shared by that store's runners: a
-    projection that follows another (``behind``) or reads the same types gets them without
-    validating them again. Bounded; envelopes are immutable, so sharing them is safe."""
-
-    def __init__(self, topics: frozenset[str], size: int = 10_000) -> None:
-        self.topics = topics
-        """The event types more than one runner reads: only those are kept."""
-        self.size = size
-        self._envelopes: dict[int, Envelope] = {}
-        self._lock = threading.Lock()
-
-    def get(self, position: int) -> Envelope | None:
-        return self._envelopes.get(position)
-
-    def put(self, position: int, envelope: Envelope) -> None:
-        with self._lock:
-            self._envelopes[position] = envelope
-            while len(self._envelopes) > self.size:
-                del self._envelopes[next(iter(self._envelopes))]  # the oldest insertion
 
 
 class ProjectionRunner:
@@ -111,11 +85,8 @@ class ProjectionRunner:
         tracking: PostgresTrackingRecorder,
         *,
         batch_size: int = 2000,
-        decoded: Decoded | None = None,
     ) -> None:
-        """``decoded``: shared with the other runners of the same store (one per store)."""
         self.projection = projection
-        self.decoded = decoded
         self.recorder = recorder
         self.tracking = tracking
         self.batch_size = batch_size
@@ -168,7 +139,7 @@ class ProjectionRunner:
         )
         started = time.perf_counter()
         started_ns = time.time_ns()
-        batch = to_envelopes(self.projection, notes, self.decoded)
+        batch = to_envelopes(self.projection, notes)
         try:
             with self.datastore.transaction(commit=True) as cur:
                 if not self._still_at(cur, start):
