@@ -32,7 +32,7 @@ setup:
 		$(PYTHON) -m pip install --quiet uv \
 			|| $(PYTHON) -m pip install --quiet --break-system-packages uv; \
 	fi
-	$(UV) sync --frozen --python 3.11
+	$(UV) sync --frozen --python 3.11 --extra ai
 
 run: setup
 	$(UV_RUN) uait dev
