@@ -36,6 +36,8 @@ _REJECTION_STATUS = {
     "unknown_type": 422,
     "malformed": 422,
     "cancelled": 409,
+    "deadline": 504,
+    "failed": 502,
 }
 
 

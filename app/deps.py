@@ -71,6 +71,9 @@ class HttpPart:
     events_permission: str = ADMIN
     """Who may read the context's event stream (``/v1/events``)."""
     rate_limit_routes: tuple[RouteGroup, ...] = ()
+    error_shapes: tuple[tuple[str, ...], ...] = ()
+    """Path prefixes whose errors are told in OpenAI's shape, not problem+json
+    (``app.openai_errors``)."""
 
 
 class HttpContext(Protocol):

@@ -29,6 +29,7 @@ from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
 from app.idempotency import IdempotencyMiddleware, IdempotencyStore
+from app.openai_errors import OpenAIErrors
 from app.lanes import install_lanes
 from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
@@ -256,6 +257,10 @@ def create_app(
         policies=policies,
         groups=rate_limit_groups(contexts.rate_limit_routes),
     )
+    openai_paths = tuple(p for c in contexts.contexts for g in c.http.error_shapes for p in g)
+    if openai_paths:
+        # Outside the limits: their 413s and 429s are told in OpenAI's shape there too.
+        app.add_middleware(OpenAIErrors, prefixes=openai_paths)
     install_cors(app, settings)  # outside the limits: a 429 or 413 stays readable by the page
     install_security_headers(app, settings)  # on every answer, the other middlewares' too
     app.add_middleware(RequestTracing)

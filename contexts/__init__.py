@@ -2,12 +2,13 @@
 subpackages (``events/<name>/``, ``workers/<name>/``, ``projections/<name>/``, ``app/<name>/``,
 a ``contexts/<name>.py`` declaration) and one line here."""
 
-from contexts import identity, knowledge
+from contexts import identity, inference, knowledge
 from contexts.base import Context, Registry
 
 REGISTRY = Registry(
     knowledge.CONTEXT,
     identity.CONTEXT,
+    inference.CONTEXT,
 )
 
 __all__ = ["REGISTRY", "Context", "Registry"]

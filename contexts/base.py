@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from infra.topics import TopicSpec
     from projections.base import Projection
     from projections.relay import BlockingProducer
-    from workers.plugins import DeciderFactory
+    from workers.plugins import DeciderFactory, RunHandlerFactory
 
 
 M = TypeVar("M", bound=Message)
@@ -78,6 +78,8 @@ class Context:
     """Projections whose view is the cache, on a Redis client and the cache's key prefix."""
     outcomes_table: str | None = None
     """Its command outcomes' table (default ``<name>_command_outcomes``)."""
+    runs: RunHandlerFactory | None = None
+    """How its long-running commands run (``workers.runs``); None when it has none."""
 
     @property
     def public_event_types(self) -> frozenset[str]:

@@ -11,6 +11,8 @@ import uuid
 COMMAND_NAMESPACE = uuid.UUID("6f0a4e1c-2f0b-5d8e-9a51-0c3e7b1d2a40")
 DOCUMENT_NAMESPACE = uuid.UUID("b2f1c1e4-8f5a-5b7d-8c2e-4d9a6e3f1b07")
 EMAIL_NAMESPACE = uuid.UUID("0d3c9a57-41e2-5c8b-b6f0-7a2e91c4d853")
+MODEL_NAMESPACE = uuid.UUID("4c6b2f0e-93d1-5a7e-b2c4-8e1f0a9d3b65")
+RUN_NAMESPACE = uuid.UUID("9e3a71c2-5b08-5f4d-a6e9-1d2c8b7f4a30")
 NO_USER = uuid.UUID(int=0)
 """The subject of an audit record about nobody known (a failed login for an unknown email)."""
 
@@ -88,3 +90,14 @@ def document_aggregate_id(document_id: str) -> uuid.UUID:
 def email_reservation_id(email_hmac: str) -> uuid.UUID:
     """The stream that says who owns an email (by its keyed hash, never the email itself)."""
     return uuid5(EMAIL_NAMESPACE, email_hmac)
+
+
+def model_aggregate_id(name: str) -> uuid.UUID:
+    """The stream of one model of the registry, by its name."""
+    return uuid5(MODEL_NAMESPACE, name)
+
+
+def run_aggregate_id(request_id: str) -> uuid.UUID:
+    """The stream of one long-running command (a completion, an agent run, a fine-tune), by the
+    request id its command carries."""
+    return uuid5(RUN_NAMESPACE, request_id)

@@ -20,6 +20,8 @@ RejectionCode = Literal[
     "domain",  # a business rule refused it (e.g. deleting a missing document)
     "unauthorized",  # its actor could not be verified, or lacks the scope the command needs
     "cancelled",  # cancelled on request before or while it ran
+    "deadline",  # a long-running command ran out of its wall-time or token budget
+    "failed",  # a long-running command failed (e.g. its backend could not answer)
 ]
 
 

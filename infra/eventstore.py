@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -32,6 +33,22 @@ if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresDatastore
 
     from events.base import Event
+    from events.stored import DecodedEvent
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A statement run in an append's transaction, after its events. With ``expect_rows``, the
+    append commits only if the statement touched at least that many rows (a fence: e.g. the
+    lease of a run is still this worker's), and raises ``FenceError`` otherwise."""
+
+    sql: str
+    params: Sequence[Any] = ()
+    expect_rows: int | None = None
+
+
+class FenceError(RuntimeError):
+    """Raised when a guarded statement of an append did not hold: nothing was appended."""
 
 
 def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> PostgresFactory:
@@ -127,9 +144,11 @@ class BatchRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         snapshots: Sequence[StoredEvent] = (),
+        guarded: Sequence[Guarded] = (),
         **kwargs: Any,
     ) -> list[int]:
-        """Append events, and the snapshots they make due, in one transaction."""
+        """Append events, and the snapshots they make due, in one transaction (with the guarded
+        statements given, which may refuse it)."""
         if not stored_events:
             return []
         columns = _columns(stored_events)
@@ -156,6 +175,10 @@ class BatchRecorder(PostgresApplicationRecorder):
                 if self._insert_snapshots is None:
                     raise ValueError("this recorder has no snapshot table")
                 curs.execute(self._insert_snapshots, _columns(snapshots))
+            for statement in guarded:
+                curs.execute(statement.sql, statement.params)
+                if statement.expect_rows is not None and curs.rowcount < statement.expect_rows:
+                    raise FenceError(f"refused by: {statement.sql.split(chr(10))[0][:80]}")
             return ids
 
 
@@ -203,7 +226,10 @@ class EventStore:
         return self.factory.datastore
 
     def append(
-        self, stored_events: Sequence[StoredEvent], snapshots: Sequence[StoredEvent] = ()
+        self,
+        stored_events: Sequence[StoredEvent],
+        snapshots: Sequence[StoredEvent] = (),
+        guarded: Sequence[Guarded] = (),
     ) -> list[int]:
         """Insert in ONE transaction (with the snapshots given); returns the positions.
 
@@ -211,7 +237,7 @@ class EventStore:
         a concurrent writer, or a command whose outcome is already recorded.
         """
         started = time.perf_counter()
-        ids = self.recorder.insert_events(stored_events, snapshots=snapshots)
+        ids = self.recorder.insert_events(stored_events, snapshots=snapshots, guarded=guarded)
         APPEND_DURATION.labels(self.context).observe(time.perf_counter() - started)
         APPEND_EVENTS.labels(self.context).observe(len(stored_events))
         EVENTS_APPENDED.labels(self.context).inc(len(stored_events))
@@ -229,6 +255,12 @@ class EventStore:
                     decode(row["topic"], bytes(row["state"])).event
                 )
         return streams
+
+    def load_decoded(self, aggregate_id: uuid.UUID) -> list[DecodedEvent]:
+        """One aggregate's history with each event's time and meta, in order."""
+        with self.datastore.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(self._select_streams, ([aggregate_id],), prepare=True)
+            return [decode(row["topic"], bytes(row["state"])) for row in cur.fetchall()]
 
     def existing(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these aggregates have any stored event (used for outcome records)."""

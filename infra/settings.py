@@ -102,6 +102,40 @@ class Settings(BaseSettings):
         default=7 * 86_400, ge=60, description="how long a cancellation request is kept in Redis"
     )
 
+    # Long-running commands (inference, agents, fine-tuning)
+    run_lease_s: float = Field(
+        default=15.0, ge=1, le=300, description="a run's lease; another worker takes over after"
+    )
+    run_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often a worker looks for runs to take over"
+    )
+    run_concurrency: int = Field(
+        default=8, ge=1, le=1024, description="runs one worker executes at once, per context"
+    )
+    run_stream_ttl_s: int = Field(
+        default=3600, ge=10, description="how long a finished run's live stream stays readable"
+    )
+    run_max_wall_s: float = Field(
+        default=600.0, gt=0, description="a run's wall-time budget unless its command sets one"
+    )
+    run_handover_s: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, how long in-flight runs may finish"
+    )
+
+    # Inference
+    inference_max_models: int = Field(
+        default=2, ge=1, le=64, description="models the in-process MLX backend keeps loaded"
+    )
+    inference_endpoint_concurrency: int = Field(
+        default=4, ge=1, le=1024, description="generations at once per backend endpoint"
+    )
+    inference_wait_s: float = Field(
+        default=600.0, gt=0, description="how long a non-streamed completion request waits"
+    )
+    model_dir: str = Field(
+        default=".uait/models", description="where prepared models (imports, the tiny model) live"
+    )
+
     # Projections
     projection_batch_size: int = Field(default=2000, ge=1)
     projections_rebuild_on_start: bool = Field(

@@ -328,6 +328,41 @@ WORKER_PAUSED = Gauge(
     registry=REGISTRY,
 )
 
+
+# Inference and long-running commands
+INFERENCE_TIME_TO_FIRST_TOKEN = Histogram(
+    "uait_inference_time_to_first_token_seconds",
+    "From a run's backend call to its first token",
+    ["model", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+INFERENCE_TOKENS = Counter(
+    "uait_inference_tokens_total",
+    "Completion tokens generated",
+    ["model", "endpoint"],
+    registry=REGISTRY,
+)
+INFERENCE_OUTSTANDING = Gauge(
+    "uait_inference_outstanding_requests",
+    "Generations in progress (or waiting for their endpoint's concurrency limit)",
+    ["model", "endpoint"],
+    registry=REGISTRY,
+)
+RUNS = Counter(
+    "uait_runs_total",
+    "Long-running commands ended by this worker, by result",
+    ["context", "result"],
+    registry=REGISTRY,
+)
+RUNS_RUNNING = Gauge(
+    "uait_runs_running",
+    "Long-running commands this worker is executing",
+    ["context"],
+    registry=REGISTRY,
+)
+
+
 _SUFFIXES = {
     "counter": ("_total",),
     "gauge": ("",),

@@ -64,3 +64,11 @@ def with_actor_keys(settings: Settings) -> Settings:
 
     kek = TEST_SECRETS["UAIT_KEY_ENCRYPTION_KEYS"]
     return settings.model_copy(update={"key_encryption_keys": SecretStr(kek)})
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny offline model's folder, built once and cached under ``.uait/models``."""
+    from workers.inference import tiny
+
+    return tiny.ensure(Path(__file__).resolve().parent.parent / ".uait" / "models")

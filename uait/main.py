@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import breakers, dlq, projections, publish, replay, store, topics, workers
+from cli import breakers, commands, dlq, projections, publish, replay, store, topics, workers
 from cli.security import keys_app, secrets_app
 from contexts import REGISTRY
 from uait import asyncapi, bench, dev, processes
@@ -35,6 +35,7 @@ for name, group in (
     ("breakers", breakers.app),
     ("workers", workers.app),
     ("dlq", dlq.app),
+    ("commands", commands.app),
     ("keys", keys_app),
     ("secrets", secrets_app),
     *((name, group) for c in REGISTRY.contexts for name, group in c.cli),

@@ -37,10 +37,12 @@ from events.envelope import (
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import EventMeta, encode_state
+from infra.runs import run_row
 from security.actors import ActorRejectedError
 from telemetry import logs
 from workers import jobs, snapshots
 from workers.aggregate import Aggregate, DomainRuleError
+from workers.decisions import RunStart
 from workers.items import BatchReport, ConcurrencyConflictError, Deferral, Item, Record
 from workers.parking import Queues
 from workers.snapshots import Stream
@@ -48,6 +50,7 @@ from workers.snapshots import Stream
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from infra.eventstore import Guarded
     from workers.aggregate_store import AggregateStore
     from workers.decisions import AggregateT, Decider
     from workers.parking import Parking
@@ -125,6 +128,7 @@ class BatchProcessor:
         parking: Parking | None = None,
         policies: jobs.Policies | None = None,
         is_cancelled: Callable[[uuid.UUID], bool] | None = None,
+        on_runs: Callable[[list[uuid.UUID]], None] | None = None,
     ) -> None:
         self.actors = actors
         """Raises ActorRejectedError for a command whose actor cannot be verified."""
@@ -136,6 +140,8 @@ class BatchProcessor:
         self.parking = parking
         self.policies = policies
         self.is_cancelled = is_cancelled or (lambda _command_id: False)
+        self.on_runs = on_runs
+        """Told the commands a batch accepted as runs, once it committed (from its thread)."""
         self._marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mark-started")
 
     def process(self, records: Sequence[Record]) -> BatchReport:
@@ -166,6 +172,8 @@ class BatchProcessor:
             raise
         if started is not None:
             started.result()
+        if report.runs and self.on_runs is not None:
+            self.on_runs(report.runs)
         return report
 
     def parse(self, record: Record) -> Item:
@@ -241,6 +249,7 @@ class BatchProcessor:
         streams = _StreamCache(self.store.load_latest(sorted(stream_ids)))
         now = self.clock()
         stored: list[StoredEvent] = []
+        runs: list[Guarded] = []
         for item in fresh:
             behind = queues.blocking(item)
             if behind is not None and not self.is_cancelled(item.command_id):
@@ -260,12 +269,29 @@ class BatchProcessor:
             meta = item.meta()
             for aggregate_id, version, event in events:
                 stored.append(_stored(aggregate_id, version, event, now, meta))
+            if isinstance(outcome, RunStart):
+                # Its outcome is the run's to record; the run row commits with its acceptance.
+                runs.append(
+                    run_row(
+                        self.store.context,
+                        item.command_id,
+                        item.type,
+                        outcome.run_id,
+                        accepted_at=now,
+                        max_wall_s=outcome.max_wall_s,
+                        max_tokens=outcome.max_tokens,
+                    )
+                )
+                report.count(item, "accepted")
+                continue
             stored.append(_stored(command_aggregate_id(item.command_id), 1, outcome, now, meta))
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
-        if stored:
+        if stored or runs:
             started = time.time_ns()
             due = streams.snapshots_due(self.store.snapshot_every)
-            if due:
+            if runs:
+                self._append_with_runs(stored, due, runs)
+            elif due:
                 self.store.append(stored, due)
             else:
                 self.store.append(stored)
@@ -276,6 +302,17 @@ class BatchProcessor:
         report.appended_events = len(stored)
         return report
 
+    def _append_with_runs(
+        self, stored: list[StoredEvent], due: list[StoredEvent], runs: list[Guarded]
+    ) -> None:
+        if stored:
+            self.store.append(stored, due, guarded=runs)
+            return
+        # Only redelivered runs (accepted before, no new event): their rows, idempotently.
+        with self.store.datastore.get_connection() as conn, conn.transaction():
+            for row in runs:
+                conn.execute(row.sql, row.params)
+
     @staticmethod
     def _release(item: Item, queues: Queues, report: BatchReport) -> None:
         if item.key is not None and queues.release(item):
@@ -283,7 +320,7 @@ class BatchProcessor:
 
     def _decide(
         self, item: Item, streams: _StreamCache
-    ) -> tuple[Event, list[tuple[uuid.UUID, int, Event]]] | Deferral:
+    ) -> tuple[Event | RunStart, list[tuple[uuid.UUID, int, Event]]] | Deferral:
         if item.rejection is not None or item.command is None:
             code, reason = item.rejection or ("invalid", "no command")
             return _rejected(item, code, reason), []
@@ -296,6 +333,7 @@ class BatchProcessor:
         )
         job = jobs.enter(
             jobs.JobContext(
+                command_id=item.command_id,
                 policy=item.policy,
                 attempt=item.failures + 1,
                 is_cancelled=lambda: self.is_cancelled(item.command_id),
@@ -327,6 +365,8 @@ class BatchProcessor:
             logs.command_id.reset(tokens[0])
             logs.correlation_id.reset(tokens[1])
         events = streams.recorded()
+        if verdict.run is not None:
+            return verdict.run, events
         succeeded = CommandSucceeded(
             command_id=str(item.command_id),
             command_type=item.type,

@@ -17,11 +17,25 @@ AggregateT = TypeVar("AggregateT", bound=Aggregate)
 
 
 @dataclass(frozen=True)
+class RunStart:
+    """A command accepted as a long-running one: its run records the outcome when it ends."""
+
+    run_id: uuid.UUID
+    """The aggregate its run records its steps and result on."""
+    max_wall_s: float | None = None
+    """Its wall-time budget (the runtime's default when None)."""
+    max_tokens: int | None = None
+    """Its token budget, enforced by the runtime (None: none)."""
+
+
+@dataclass(frozen=True)
 class Verdict:
     """What a decider says about a command that it accepted."""
 
     aggregate_id: uuid.UUID | None
     detail: str = ""
+    run: RunStart | None = None
+    """Set for a long-running command: no outcome now, a run row in the same transaction."""
 
 
 class Streams(Protocol):

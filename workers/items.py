@@ -105,6 +105,10 @@ class BatchReport:
     succeeded: int = 0
     rejected: int = 0
     duplicates: int = 0
+    accepted: int = 0
+    """Long-running commands accepted as runs (their outcome comes when the run ends)."""
+    runs: list[uuid.UUID] = field(default_factory=list)
+    """The command ids of those runs, in order."""
     splits: int = 0
     appended_events: int = 0
     outcomes: dict[uuid.UUID, str] = field(default_factory=dict)
@@ -121,6 +125,9 @@ class BatchReport:
             self.succeeded += 1
         elif result == "rejected":
             self.rejected += 1
+        elif result == "accepted":
+            self.accepted += 1
+            self.runs.append(item.command_id)
         else:
             self.duplicates += 1
         self.outcomes[item.command_id] = result
@@ -130,6 +137,8 @@ class BatchReport:
         self.succeeded += other.succeeded
         self.rejected += other.rejected
         self.duplicates += other.duplicates
+        self.accepted += other.accepted
+        self.runs.extend(other.runs)
         self.splits += other.splits
         self.appended_events += other.appended_events
         self.outcomes.update(other.outcomes)

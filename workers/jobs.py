@@ -27,6 +27,7 @@ from infra.policies import JobPolicy
 from workers.aggregate import DomainRuleError
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Callable, Mapping
 
     from infra.settings import Settings
@@ -113,6 +114,8 @@ class JobContext:
     """What a decider may ask about the command it is deciding."""
 
     policy: JobPolicy = field(default_factory=JobPolicy)
+    command_id: uuid.UUID | None = None
+    """The command being decided (None outside a decision)."""
     attempt: int = 1
     """This execution's number: 1 for the first try."""
     is_cancelled: Callable[[], bool] = lambda: False

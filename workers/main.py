@@ -14,6 +14,7 @@ from infra.cancel import CancelWatcher
 from infra.eventstore import open_factory
 from workers.actors import ActorCheck
 from workers.aggregate_store import AggregateStore
+from workers.runs import RunSupervisor
 from workers.wiring import include_context, with_retry_path
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Worker:
     broker: KafkaBroker
     app: FastStream
     stores: dict[str, AggregateStore] = field(default_factory=dict)
+    supervisors: list[RunSupervisor] = field(default_factory=list)
 
     def close(self) -> None:
         for store in self.stores.values():
@@ -62,6 +64,7 @@ def build_worker(
     actors = ActorCheck(settings) if settings.verify_actors else None
     if actors is None:
         log.warning("UAIT_VERIFY_ACTORS=false: commands' actor tokens are NOT verified")
+    supervisors: list[RunSupervisor] = []
     for plugin in contexts:
         context = plugin.name
         if only and context not in only:
@@ -74,6 +77,19 @@ def build_worker(
             statement_timeout_ms=settings.append_statement_timeout_ms,
         )
         stores[context] = store
+        supervisor = None
+        if plugin.runs is not None:
+            supervisor = RunSupervisor(
+                store,
+                plugin.runs(settings),
+                cancels=cancels,
+                streams=None,  # set at start-up, on the process's Redis client
+                lease_s=settings.run_lease_s,
+                poll_s=settings.run_poll_s,
+                concurrency=settings.run_concurrency,
+                handover_s=settings.run_handover_s,
+            )
+            supervisors.append(supervisor)
         dispatchers.append(
             include_context(
                 broker,
@@ -83,6 +99,7 @@ def build_worker(
                 kafka_bootstrap=kafka_bootstrap,
                 cancels=cancels,
                 actors=actors,
+                on_runs=supervisor.wake if supervisor is not None else None,
             )
         )
         log.info("worker subscribed to context %s (and its retry topic)", context)
@@ -90,7 +107,29 @@ def build_worker(
     with_retry_path(app, dispatchers, cancels, settings.redis_url)
     if settings.redis_url:
         _with_pause_control(app, broker, settings.redis_url)
-    return Worker(broker=broker, app=app, stores=stores)
+    if supervisors:
+        _with_runs(app, supervisors, settings)
+    return Worker(broker=broker, app=app, stores=stores, supervisors=supervisors)
+
+
+def _with_runs(app: FastStream, supervisors: list[RunSupervisor], settings: Settings) -> None:
+    @app.after_startup
+    async def start_runs() -> None:
+        if settings.redis_url:
+            from redis.asyncio import Redis
+
+            from infra.runstreams import RunStreams
+
+            redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=1)
+            streams = RunStreams(redis, ttl_s=settings.run_stream_ttl_s)
+            for supervisor in supervisors:
+                supervisor.streams = streams
+        for supervisor in supervisors:
+            await supervisor.start()
+
+    @app.on_shutdown
+    async def stop_runs() -> None:
+        await asyncio.gather(*(s.stop() for s in supervisors))
 
 
 def _with_pause_control(app: FastStream, broker: KafkaBroker, redis_url: str) -> None:

@@ -18,6 +18,7 @@ from workers.retry import retry_router
 from workers.subscriber import command_router
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Callable
 
     from faststream import FastStream
@@ -40,6 +41,7 @@ def include_context(
     kafka_bootstrap: str,
     cancels: CancelWatcher,
     actors: Callable[[Envelope, Command], None] | None = None,
+    on_runs: Callable[[list[uuid.UUID]], None] | None = None,
 ) -> RetryDispatcher:
     """Subscribe ``broker`` to a context's command topic and its retry topic."""
     context = store.context
@@ -52,6 +54,7 @@ def include_context(
         policies=Policies(settings),
         is_cancelled=cancels.is_cancelled,
         actors=actors,
+        on_runs=on_runs,
     )
     dispatcher = RetryDispatcher(
         context,

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal, require
 from app.deps import Deps, deps
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
 from app.queries import BadCursorError
+from app.runstream import follow, run_streams
 from infra.cancel import request_cancel
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 router = APIRouter(
     prefix="/v1/commands", tags=["commands"], responses=problem_responses(*V1_PROBLEMS)
@@ -94,3 +100,56 @@ async def cancel_command(
         status_code=202,
         headers={"Location": url},
     )
+
+
+@router.get(
+    "/{command_id}/stream",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        **problem_responses(404, 503),
+    },
+)
+async def stream_command(
+    command_id: uuid.UUID,
+    request: Request,
+    d: Annotated[Deps, Depends(deps)],
+    who: Annotated[Principal, Depends(require("commands:read"))],
+) -> Any:
+    """The live output of a long-running command (tokens, progress, coarse steps) as
+    Server-Sent Events: each event's `id` is its place in the stream, `event` its kind
+    (`token`, `progress`, `step`, ...; `final` last, with the result), `data` its JSON. Send
+    `Last-Event-ID` to resume after a reconnect: you get what you missed. A command that ended
+    without a stream (rejected before it ran) gets one `final` event with its outcome."""
+    row = await d.queries.command(command_id, actor=None if who.is_admin else own(who))
+    if row is None:
+        raise ProblemError(404, "Command not found", f"no command {command_id}")
+    after = request.headers.get("last-event-id") or "0-0"
+    if not _STREAM_ID.match(after):
+        raise ProblemError(400, "Bad Last-Event-ID", "expected a stream id such as 1700000000000-0")
+    await run_streams(d)  # 503 now, not inside the stream, when there is no Redis
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for entry in follow(d, command_id, after):
+                if entry is None:
+                    yield b": keep-alive\n\n"
+                elif isinstance(entry, dict):
+                    data = orjson.dumps(jsonable_encoder(entry))
+                    yield b"event: final\ndata: " + data + b"\n\n"
+                else:
+                    yield (
+                        f"id: {entry.id}\nevent: {entry.kind}\ndata: ".encode()
+                        + orjson.dumps(entry.data)
+                        + b"\n\n"
+                    )
+        except RedisError as exc:
+            yield b"event: error\ndata: " + orjson.dumps({"message": str(exc)}) + b"\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")

@@ -1,0 +1,333 @@
+"""The OpenAI-compatible API: chat and text completions (plain and streamed), and the models.
+
+Each request is a ``RequestCompletion`` command through Kafka like every other state change:
+the route publishes it, then reads the run's live stream (``app.runstream``) and answers in
+OpenAI's shapes: one JSON object, or Server-Sent Events of chunks ending with ``data: [DONE]``.
+A client that goes away does not stop the run (cancel it with ``POST
+/v1/commands/{id}/cancel``); its result is in ``GET /v1/commands/{id}``. Errors are in OpenAI's
+shape on these paths (``app.openai_errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+import psycopg
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from app.auth.principal import Principal, require
+from app.commanding import status_url
+from app.deps import Deps, deps
+from app.inference import shapes
+from app.inference.state import inference
+from app.openai_errors import error_body
+from app.runstream import follow, run_streams
+from events.envelope import describe_validation_error
+from events.ids import uuid7
+from events.inference.commands import ChatMessage, RequestCompletion
+from infra.publisher import BrokerUnavailableError, MessageTooLargeError
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator
+
+    from infra.runstreams import Entry
+
+log = logging.getLogger("uait.ingress")
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings")
+
+
+class OpenAIError(Exception):
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(
+            error_body(self.status, self.message, code=self.code, param=self.param),
+            status_code=self.status,
+            headers=headers,
+        )
+
+
+@router.get("/models")
+async def list_models(
+    d: Annotated[Deps, Depends(deps)],
+    who: Annotated[Principal, Depends(require("models:read"))],
+) -> Any:
+    """The models of the registry (and their aliases), in OpenAI's list shape."""
+    rows = await inference(d).models()
+    data = []
+    for row in rows:
+        created = int(row["created_at"].timestamp())
+        for name in (row["name"], *row["aliases"]):
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "uait"})
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{name:path}")
+async def get_model(
+    name: str,
+    d: Annotated[Deps, Depends(deps)],
+    who: Annotated[Principal, Depends(require("models:read"))],
+) -> Any:
+    row = await inference(d).model(name)
+    if row is None:
+        return OpenAIError(
+            404, f"The model {name!r} does not exist", code="model_not_found"
+        ).response()
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(row["created_at"].timestamp()),
+        "owned_by": "uait",
+    }
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: shapes.ChatCompletionRequest,
+    request: Request,
+    d: Annotated[Deps, Depends(deps)],
+    who: Annotated[Principal, Depends(require("inference:use"))],
+) -> Any:
+    """OpenAI's chat completions: `stream: true` for Server-Sent Events of chunks."""
+    try:
+        messages = [ChatMessage(role=m.role, content=m.text(), name=m.name) for m in body.messages]
+    except (ValueError, ValidationError) as exc:
+        return OpenAIError(400, _message(exc), param="messages").response()
+    return await _complete(
+        request,
+        d,
+        who,
+        body,
+        chat=True,
+        fields={
+            "messages": messages,
+            "max_tokens": body.max_completion_tokens or body.max_tokens,
+            "response_format": body.response_format,
+        },
+    )
+
+
+@router.post("/completions")
+async def completions(
+    body: shapes.CompletionRequest,
+    request: Request,
+    d: Annotated[Deps, Depends(deps)],
+    who: Annotated[Principal, Depends(require("inference:use"))],
+) -> Any:
+    """OpenAI's (legacy) text completions of a prompt."""
+    try:
+        prompt = body.text()
+    except ValueError as exc:
+        return OpenAIError(400, str(exc), param="prompt").response()
+    return await _complete(
+        request,
+        d,
+        who,
+        body,
+        chat=False,
+        fields={
+            "prompt": prompt,
+            "max_tokens": body.max_tokens,
+            "response_format": body.response_format,
+        },
+    )
+
+
+async def _complete(
+    request: Request,
+    d: Deps,
+    who: Principal,
+    body: shapes.ChatCompletionRequest | shapes.CompletionRequest,
+    *,
+    chat: bool,
+    fields: dict[str, Any],
+) -> Any:
+    try:
+        name = await inference(d).resolve(body.model)
+    except (psycopg.Error, PoolTimeout):
+        name = body.model  # the worker tells whether it exists
+    if name is None:
+        return OpenAIError(
+            404, f"The model {body.model!r} does not exist", code="model_not_found", param="model"
+        ).response()
+    request_id = uuid7().hex
+    try:
+        command = RequestCompletion(
+            request_id=request_id,
+            model=name,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stops(),
+            user=body.user,
+            **fields,
+        )
+    except ValidationError as exc:
+        return OpenAIError(400, describe_validation_error(exc)).response()
+    await run_streams(d)  # no Redis: 503 before anything is published
+    try:
+        envelope = await d.publisher.publish(command, actor=who.actor)
+    except MessageTooLargeError as exc:
+        return OpenAIError(413, str(exc)).response()
+    except BrokerUnavailableError:
+        return OpenAIError(503, "the message broker is unavailable; retry later").response(
+            {"Retry-After": "5"}
+        )
+    command_id = envelope.message_id
+    try:
+        row = (command_id, command.CONTEXT, command.TYPE, envelope.occurred_at, who.actor)
+        if d.accepted is not None:
+            await d.accepted.note(row)
+        else:
+            await d.queries.log_accepted(*row)
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("could not note command %s as accepted: %s", command_id, exc)
+    completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
+    created = int(time.time())
+    headers = {
+        "X-Uait-Command-Id": str(command_id),
+        "X-Uait-Status-Url": status_url(request, command_id),
+    }
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(d, command_id, completion_id, created, body.model, chat, include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        final = await asyncio.wait_for(_final(d, command_id), d.settings.inference_wait_s)
+    except TimeoutError:
+        return OpenAIError(
+            504,
+            f"the completion did not finish within {d.settings.inference_wait_s:g} s; it goes"
+            f" on: see {headers['X-Uait-Status-Url']}",
+            code="timeout",
+        ).response(headers)
+    except RedisError as exc:
+        return OpenAIError(503, f"live stream unavailable: {exc}").response(headers)
+    error = _error_of(final)
+    if error is not None:
+        return error.response(headers)
+    shape = shapes.chat_completion if chat else shapes.text_completion
+    return JSONResponse(shape(completion_id, created, body.model, final), headers=headers)
+
+
+async def _final(d: Deps, command_id: uuid.UUID) -> dict[str, Any]:
+    async for entry in follow(d, command_id):
+        if isinstance(entry, dict):
+            return _from_outcome(entry)
+        if entry is not None and entry.kind == "final":
+            return entry.data
+    raise RedisError("the stream ended without a result")
+
+
+def _from_outcome(row: dict[str, Any]) -> dict[str, Any]:
+    """A command that ended without a final stream entry (rejected before it ran)."""
+    if row["status"] == "rejected":
+        return {"status": "failed", "code": row.get("code"), "reason": row.get("reason")}
+    return {"status": "succeeded", "text": "", "finish_reason": "stop"}
+
+
+_STATUS = {
+    "not_found": 404,
+    "invalid": 400,
+    "unauthorized": 403,
+    "too_large": 413,
+    "domain": 409,
+    "cancelled": 409,
+    "deadline": 504,
+    "failed": 502,
+}
+
+
+def _error_of(final: dict[str, Any]) -> OpenAIError | None:
+    if final.get("status") != "failed":
+        return None
+    code = str(final.get("code") or "failed")
+    message = final.get("reason") or (final.get("error") or {}).get("message") or code
+    return OpenAIError(_STATUS.get(code, 502), str(message), code=code)
+
+
+async def _sse(
+    d: Deps,
+    command_id: uuid.UUID,
+    completion_id: str,
+    created: int,
+    model: str,
+    chat: bool,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    def event(data: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    if chat:
+        yield event(
+            shapes.chat_chunk(completion_id, created, model, {"role": "assistant", "content": ""})
+        )
+    try:
+        async for entry in follow(d, command_id):
+            if entry is None:
+                yield b": keep-alive\n\n"
+                continue
+            final = _from_outcome(entry) if isinstance(entry, dict) else _entry_final(entry)
+            if final is None:
+                assert not isinstance(entry, dict)
+                if entry.kind == "token":
+                    text = entry.data["text"]
+                    yield event(
+                        shapes.chat_chunk(completion_id, created, model, {"content": text})
+                        if chat
+                        else shapes.text_chunk(completion_id, created, model, text)
+                    )
+                continue
+            error = _error_of(final)
+            if error is not None:
+                yield event(error_body(error.status, error.message, code=error.code))
+                break
+            reason = final.get("finish_reason", "stop")
+            yield event(
+                shapes.chat_chunk(completion_id, created, model, {}, reason)
+                if chat
+                else shapes.text_chunk(completion_id, created, model, "", reason)
+            )
+            if include_usage and final.get("usage"):
+                usage = {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk" if chat else "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": final["usage"],
+                }
+                yield event(usage)
+            break
+    except RedisError as exc:
+        yield event(error_body(503, f"live stream unavailable: {exc}"))
+    yield b"data: [DONE]\n\n"
+
+
+def _entry_final(entry: Entry) -> dict[str, Any] | None:
+    return entry.data if entry.kind == "final" else None
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    return str(exc)
