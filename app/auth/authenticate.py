@@ -1,4 +1,5 @@
-"""Authentication of a request: a bearer access token or an API key, checked against revocation.
+"""Authentication of a request: a bearer access token or an API key (in ``X-API-Key``, or as the
+bearer, as OpenAI's clients send it), checked against revocation.
 
 Access tokens are verified locally (signature, claims; verified tokens are cached until they
 expire) and then checked against the Redis deny-list of revoked sessions, which every replica
@@ -93,7 +94,12 @@ class Authenticator:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise unauthorized("the Authorization header must be `Bearer <access token>`")
-            principal = await self._bearer(token.strip())
+            token = token.strip()
+            # An API key as the bearer, as OpenAI's clients send theirs: never a JWT's shape.
+            if parse_api_key(token) is not None:
+                principal = await self._api_key(token, request)
+            else:
+                principal = await self._bearer(token)
         elif api_key:
             principal = await self._api_key(api_key.strip(), request)
         else:

@@ -30,6 +30,8 @@ from workers.inference.backend import BackendError, BadRequestError, Delta, Fini
 from workers.runs import RunResult
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from infra.settings import Settings
     from workers.inference.backend import Backend
     from workers.runs import RunContext
@@ -93,6 +95,7 @@ class CompletionRunner:
             if accepted.messages is not None
             else None,
             prompt=accepted.prompt,
+            # The whole budget: a backend counts the prefix's tokens in it.
             max_tokens=accepted.max_tokens,
             temperature=accepted.temperature,
             top_p=accepted.top_p,
@@ -115,7 +118,12 @@ class CompletionRunner:
             async with limit:
                 if run.claim.attempt == 1 and not prefix:
                     await run.emit([("started", {"model": accepted.model, "endpoint": endpoint})])
-                stream = backend.generate(request, cancelled=lambda: run.stop_reason() is not None)
+                if prefix_tokens >= accepted.max_tokens:  # it had all; only the record was lost
+                    stream: Any = _done(Finish("length", 0, prefix_tokens, endpoint))
+                else:
+                    stream = backend.generate(
+                        request, cancelled=lambda: run.stop_reason() is not None
+                    )
                 async for item in stream:
                     if isinstance(item, Delta):
                         if first is None:
@@ -151,7 +159,7 @@ class CompletionRunner:
             event = CompletionCancelled(
                 request_id=accepted.request_id,
                 model=accepted.model,
-                reason=reason,  # type: ignore[arg-type]
+                reason=reason,
                 text=text,
                 completion_tokens=tokens,
                 endpoint=finish.endpoint if finish else endpoint,
@@ -188,6 +196,10 @@ class CompletionRunner:
                 "usage": _usage(finish, tokens),
             },
         )
+
+
+async def _done(finish: Finish) -> AsyncIterator[Finish]:
+    yield finish
 
 
 def _more_ready(stream: Any) -> bool:

@@ -1,0 +1,406 @@
+"""A backend on an OpenAI-compatible HTTP server (vLLM, llama.cpp's server, mlx_lm.server, ...).
+
+Chat messages go to ``/v1/chat/completions``, a prompt to ``/v1/completions``, always streamed
+(SSE) with usage. Each attempt, up to its first token, runs under the endpoint's circuit breaker:
+connection errors, timeouts, 408/429/5xx and in-stream errors count as failures and are retried
+``retries`` times with a short backoff; any other 4xx is a ``BadRequestError`` that counts as a
+success (the server answered). Nothing is retried after the first token: the caller resumes
+with ``prefix``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Self
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from infra.breakers import Breaker, BreakerConfig, BreakerOpenError
+from workers.inference.backend import BackendError, BadRequestError, Delta, Finish
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
+    from contextlib import AbstractAsyncContextManager
+    from datetime import datetime
+
+    from events.inference.commands import Dialect
+    from infra.breakers import BreakerRegistry
+    from infra.settings import Settings
+    from workers.inference.backend import FinishReason, Generation
+
+log = logging.getLogger("uait.inference")
+
+_END = object()
+
+
+class CircuitOpenError(BackendError):
+    """Raised when the endpoint's circuit breaker refuses the call: the server was not contacted."""
+
+    def __init__(self, endpoint: str, cause: BreakerOpenError) -> None:
+        super().__init__(f"{endpoint}: {cause}")
+        self.retry_at: datetime | None = cause.retry_at
+
+
+class _RetryableError(Exception):
+    """Raised for a failed answer (408, 429, 5xx) before the first token: retried."""
+
+
+class _StreamError(_RetryableError):
+    """Raised for an ``error`` event or a stream that ends without a finish reason."""
+
+
+def breaker_name(base_url: str) -> str:
+    """The name of an endpoint's breaker: ``openai:<host>:<port>``."""
+    url = httpx.URL(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"openai:{url.host.lower()}:{port}"
+
+
+def endpoint_backend(
+    settings: Settings, base_url: str, dialect: Dialect = "openai"
+) -> OpenAICompatibleBackend:
+    """The backend of one endpoint, with its breaker (``UAIT_BREAKER_*``) in ``UAIT_REDIS_URL``;
+    unguarded without Redis. The backend closes the Redis client it was given here."""
+    if not settings.redis_url:
+        return OpenAICompatibleBackend(base_url, breaker=None, dialect=dialect)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
+    config = BreakerConfig.from_settings(settings)
+    breaker = Breaker(breaker_name(base_url), redis, config)
+    backend = OpenAICompatibleBackend(base_url, breaker=breaker, dialect=dialect)
+    backend._redis = redis
+    return backend
+
+
+class OpenAICompatibleBackend:
+    """Generations streamed from one OpenAI-compatible endpoint, through one shared client.
+
+    ``breaker`` guards every generation attempt (None: unguarded); ``list_models`` and
+    ``probe`` bypass it, so a health check sees the server itself. Timeouts: ``connect_timeout_s``
+    to connect, ``read_timeout_s`` between two chunks, ``total_timeout_s`` for a whole
+    ``generate`` (retries included). ``Generation.max_tokens`` bounds the whole completion: a
+    resumed one asks for ``max_tokens - prefix_tokens`` more. ``transport`` replaces httpx's
+    network transport (tests).
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        breaker: Breaker | None,
+        api_key: str | None = None,
+        dialect: Dialect = "openai",
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
+        retries: int = 2,
+        backoff_s: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        root = base_url.rstrip("/")
+        self.endpoint = root.removesuffix("/v1")
+        self.breaker = breaker
+        self.dialect = dialect
+        self.total_timeout_s = total_timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._redis: Redis | None = None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=f"{self.endpoint}/v1",
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            transport=transport,
+        )
+
+    @classmethod
+    async def create(
+        cls,
+        base_url: str,
+        registry: BreakerRegistry,
+        *,
+        breaker_config: BreakerConfig | None = None,
+        **options: Any,
+    ) -> OpenAICompatibleBackend:
+        """A backend guarded by the registry's breaker ``openai:<host>:<port>``."""
+        breaker = await registry.get(breaker_name(base_url), breaker_config)
+        return cls(base_url, breaker=breaker, **options)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def request_body(self, request: Generation) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body sent for ``request``."""
+        body: dict[str, Any] = {
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": request.max_tokens - request.prefix_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.source:
+            body["model"] = request.source
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.response_format is not None:
+            body["response_format"] = self._response_format(request.response_format)
+        if request.messages is None:
+            body["prompt"] = (request.prompt or "") + request.prefix
+            return "/completions", body
+        body["messages"] = list(request.messages)
+        if request.prefix:
+            body["messages"].append({"role": "assistant", "content": request.prefix})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        return "/chat/completions", body
+
+    def _response_format(self, fmt: dict[str, Any]) -> dict[str, Any]:
+        if self.dialect != "llamacpp" or fmt.get("type") != "json_schema":
+            return fmt
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return {"type": "json_object"} | ({"schema": schema} if schema is not None else {})
+
+    async def generate(
+        self, request: Generation, *, cancelled: Callable[[], bool]
+    ) -> AsyncIterator[Delta | Finish]:
+        """Deltas as the server streams them, then one Finish.
+
+        Raises ``CircuitOpenError`` when the breaker is open, ``BadRequestError`` for a 4xx,
+        and ``BackendError`` when every attempt failed or the stream broke after its first token.
+        """
+        path, body = self.request_body(request)
+        if cancelled():
+            yield self._finish("cancelled", request, None, 0)
+            return
+        if body["max_tokens"] < 1:  # the prefix used up the budget
+            yield self._finish("length", request, None, 0)
+            return
+        deadline = asyncio.get_running_loop().time() + self.total_timeout_s
+        stream = await self._open(path, body, deadline, cancelled)
+        reason: FinishReason | None = None
+        pieces = 0
+        try:
+            piece = stream.first
+            while piece is not None:
+                if piece:
+                    pieces += 1
+                    yield Delta(piece)
+                if cancelled():
+                    reason = "cancelled"
+                    break
+                piece = await stream.next_piece()
+        except (httpx.HTTPError, TimeoutError, _StreamError) as exc:
+            raise BackendError(
+                f"{self.endpoint}: the stream broke after {pieces} chunks: {exc!r}"
+            ) from exc
+        finally:
+            await stream.aclose()
+        yield self._finish(reason or stream.reason, request, stream, pieces)
+
+    def _finish(
+        self, reason: FinishReason, request: Generation, stream: _Stream | None, pieces: int
+    ) -> Finish:
+        usage = (stream.usage if stream else None) or {}
+        new = usage.get("completion_tokens")
+        details: dict[str, Any] = {"attempts": stream.attempt if stream else 0}
+        if stream and stream.finish_reason not in (None, "stop", "length"):
+            details["upstream_finish_reason"] = stream.finish_reason
+        return Finish(
+            reason=reason,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=request.prefix_tokens + (new if isinstance(new, int) else pieces),
+            endpoint=self.endpoint,
+            details=details,
+        )
+
+    async def _open(
+        self, path: str, body: dict[str, Any], deadline: float, cancelled: Callable[[], bool]
+    ) -> _Stream:
+        """A stream that produced its first token (or ended, or was cancelled) in time."""
+        loop = asyncio.get_running_loop()
+        last: Exception | None = None
+        for attempt in range(1, self.retries + 2):
+            stream = _Stream(self._client, path, body, deadline, attempt)
+            try:
+                async with self._guard():
+                    rejected = await stream.start(cancelled)
+            except BreakerOpenError as exc:
+                raise CircuitOpenError(self.endpoint, exc) from exc
+            except (httpx.TransportError, TimeoutError, _RetryableError) as exc:
+                await stream.aclose()
+                last = exc
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                log.info("%s: attempt %d failed: %r", self.endpoint, attempt, exc)
+                if attempt > self.retries or loop.time() + delay >= deadline:
+                    break
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                await stream.aclose()
+                raise
+            if rejected is not None:
+                await stream.aclose()
+                raise BadRequestError(f"{self.endpoint}: {rejected}")
+            return stream
+        raise BackendError(f"{self.endpoint}: no answer after {attempt} attempts: {last!r}")
+
+    def _guard(self) -> AbstractAsyncContextManager[None]:
+        return self.breaker.guard() if self.breaker else contextlib.nullcontext()
+
+    async def list_models(self) -> list[str]:
+        """The ids the server lists under ``/v1/models`` (not guarded by the breaker)."""
+        try:
+            response = await self._client.get("/models")
+            response.raise_for_status()
+            data = response.json()["data"]
+            return [str(model["id"]) for model in data]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"{self.endpoint}: cannot list models: {exc!r}") from exc
+
+    async def probe(self) -> bool:
+        """Whether the server answers ``/v1/models`` with a model list."""
+        try:
+            await self.list_models()
+        except BackendError:
+            return False
+        return True
+
+
+class _Stream:
+    """One attempt's streamed answer: SSE events read into text pieces, finish reason, usage."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        body: dict[str, Any],
+        deadline: float,
+        attempt: int,
+    ) -> None:
+        self._client = client
+        self._request = client.build_request("POST", path, json=body)
+        self._deadline = deadline
+        self.attempt = attempt
+        self._response: httpx.Response | None = None
+        self._events: AsyncGenerator[dict[str, Any] | None, None] | None = None
+        self.first: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self._done = False
+
+    @property
+    def reason(self) -> FinishReason:
+        return "length" if self.finish_reason == "length" else "stop"
+
+    async def start(self, cancelled: Callable[[], bool]) -> str | None:
+        """Send the request and read up to the first token; a 4xx's message is returned."""
+        async with asyncio.timeout_at(self._deadline):
+            response = await self._client.send(self._request, stream=True)
+            self._response = response
+            if response.status_code >= 300:
+                await response.aread()
+                message = f"HTTP {response.status_code}: {_error_message(response)}"
+                if response.status_code >= 500 or response.status_code in (408, 429):
+                    raise _RetryableError(message)
+                return message
+        self._events = self._read_events(response)
+        while True:
+            piece = await self.next_piece()
+            if piece is None or piece or cancelled():
+                self.first = piece
+                return None
+
+    async def next_piece(self) -> str | None:
+        """The next event's text ("" for an event without any), or None at the end."""
+        assert self._events is not None
+        async with asyncio.timeout_at(self._deadline):
+            event = await anext(self._events, _END)
+        if event is _END:
+            if not self._done and self.finish_reason is None:
+                raise _StreamError("the stream ended without a finish reason")
+            return None
+        if event is None:
+            return ""
+        assert isinstance(event, dict)
+        if event.get("error"):
+            raise _StreamError(f"error event: {_message_of(event)}")
+        if isinstance(usage := event.get("usage"), dict):
+            self.usage = usage
+        text = ""
+        for choice in event.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            text += piece if isinstance(piece, str) else ""
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        return text
+
+    async def _read_events(
+        self, response: httpx.Response
+    ) -> AsyncGenerator[dict[str, Any] | None, None]:
+        """Each SSE event's JSON data, None for a comment (a keep-alive); ends at ``[DONE]``."""
+        data: list[str] = []
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                yield None
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            elif not line and data:
+                if (event := self._decode(data)) is None:
+                    return
+                yield event
+                data = []
+        if data and (event := self._decode(data)) is not None:
+            yield event
+
+    def _decode(self, data: list[str]) -> dict[str, Any] | None:
+        payload = "\n".join(data)
+        if payload.strip() == "[DONE]":
+            self._done = True
+            return None
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise _StreamError(f"undecodable event {payload[:200]!r}") from exc
+        if not isinstance(event, dict):
+            raise _StreamError(f"unexpected event {payload[:200]!r}")
+        return event
+
+    async def aclose(self) -> None:
+        """Close the response: an unfinished generation stops with the connection."""
+        if self._events is not None:
+            await self._events.aclose()
+        if self._response is not None:
+            await self._response.aclose()
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    return _message_of(payload) if isinstance(payload, dict) else response.text[:500]
+
+
+def _message_of(payload: dict[str, Any]) -> str:
+    """The message of an error body: OpenAI's ``{"error": {"message"}}``, or a plain string."""
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error or payload.get("message") or payload)
