@@ -83,7 +83,9 @@ class OpenAIErrors:
                 problem = orjson.loads(bytes(body))
             except orjson.JSONDecodeError:
                 problem = {"detail": bytes(body).decode("utf-8", "replace")}
-            content = orjson.dumps(from_problem(start["status"], problem))
+            # OpenAI answers an invalid parameter with 400, never 422.
+            status = 400 if start["status"] == 422 else start["status"]
+            content = orjson.dumps(from_problem(status, problem))
             headers: list[tuple[bytes, bytes]] = [
                 (k, v)
                 for k, v in start.get("headers", [])
@@ -93,7 +95,7 @@ class OpenAIErrors:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(content)).encode()),
             ]
-            await send({**start, "headers": headers})
+            await send({**start, "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content})
 
         await self.app(scope, receive, wrapped)

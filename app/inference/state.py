@@ -4,38 +4,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from app.queries import ReadModel
 from events.inference.commands import InferenceCommand
 
 if TYPE_CHECKING:
-    from psycopg_pool import AsyncConnectionPool
-
     from app.deps import Closer, Deps
 
 NAME = InferenceCommand.CONTEXT
 
 
-class InferenceState:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self.pool = pool
-
+class InferenceState(ReadModel):
     async def models(self) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT name, aliases, created_at FROM inference_models"
-                " WHERE NOT retired ORDER BY name"
-            )
-            return [dict(r) for r in await cur.fetchall()]
+        return await self.all(
+            "SELECT name, aliases, created_at FROM inference_models"
+            " WHERE NOT retired ORDER BY name",
+            (),
+        )
 
     async def model(self, name: str) -> dict[str, Any] | None:
-        async with self.pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT name, aliases, created_at, spec FROM inference_models"
-                " WHERE NOT retired AND (name = %s OR %s = ANY(aliases))"
-                " ORDER BY name = %s DESC LIMIT 1",
-                (name, name, name),
-            )
-            row = await cur.fetchone()
-            return dict(row) if row else None
+        return await self.one(
+            "SELECT name, aliases, created_at, spec FROM inference_models"
+            " WHERE NOT retired AND (name = %s OR %s = ANY(aliases))"
+            " ORDER BY name = %s DESC LIMIT 1",
+            (name, name, name),
+        )
 
     async def resolve(self, name: str) -> str | None:
         """The registered name of a model or alias (None: unknown or retired)."""
