@@ -4,6 +4,7 @@ MLX backend on the tiny model -> the live stream), driven by the official ``open
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from typing import TYPE_CHECKING
@@ -101,10 +102,13 @@ def test_a_streamed_chat_completion_is_the_recorded_text_in_order(
         command_id = raw.headers["x-uait-command-id"]
         chunks = list(raw.parse())
     pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["length"]
     usage = [c.usage for c in chunks if c.usage]
-    assert usage and usage[-1].completion_tokens == 40
+    assert usage
+    assert usage[-1].completion_tokens == 40
     assert len([p for p in pieces if p]) > 1, "streamed in one piece: not a stream"
     assert "".join(pieces) == completion_text(services, command_id)
 
@@ -135,15 +139,18 @@ def test_a_json_schema_answer_validates_even_from_the_random_model(
         )
         data = json.loads(reply.choices[0].message.content or "")
         assert set(data) == {"title", "count"}
-        assert isinstance(data["title"], str) and len(data["title"]) <= 20
-        assert isinstance(data["count"], int) and 0 <= data["count"] <= 99
+        assert isinstance(data["title"], str)
+        assert len(data["title"]) <= 20
+        assert isinstance(data["count"], int)
+        assert 0 <= data["count"] <= 99
 
 
 def test_a_text_completion(client: openai.OpenAI) -> None:
     reply = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8)
     assert reply.object == "text_completion"
     assert reply.choices[0].finish_reason == "length"
-    assert reply.usage is not None and reply.usage.completion_tokens == 8
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 8
 
 
 def test_errors_are_in_openai_shape(client: openai.OpenAI, services: Services) -> None:
@@ -198,3 +205,21 @@ def test_the_command_stream_resumes_after_last_event_id(
     assert resumed == everything[everything.index(tokens[0]) + 1 :]
     text = "".join(json.loads(e[2])["text"] for e in tokens)
     assert text == raw.parse().choices[0].message.content
+
+
+def test_dspy_pointed_at_the_ingress(client: openai.OpenAI, services: Services) -> None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch at import
+    import dspy
+
+    lm = dspy.LM(
+        f"openai/{MODEL}",
+        api_base=f"{services.base_url}/v1",
+        api_key=services.api_key,
+        max_tokens=16,
+        temperature=0.0,
+        cache=False,
+    )
+    outputs = lm(messages=[{"role": "user", "content": "Say something."}])
+    assert len(outputs) == 1
+    assert isinstance(outputs[0], str)
+    assert outputs[0]

@@ -128,7 +128,7 @@ def _weights(folder: Path, eos_id: int) -> None:
         "bos_token_id": None,
     }
     mx.random.seed(SEED)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
+    model = llama.Model(llama.ModelArgs.from_dict(config))  # type: ignore[no-untyped-call]
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
