@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     inference_wait_s: float = Field(
         default=600.0, gt=0, description="how long a non-streamed completion request waits"
     )
+    default_model: Literal["gemma", "tiny", "none"] = Field(
+        default="gemma",
+        description="what `uait dev` serves: Gemma 3 270M (when its package is installed), the"
+        " tiny offline model, or none",
+    )
     model_dir: str = Field(
         default=".uait/models", description="where prepared models (imports, the tiny model) live"
     )

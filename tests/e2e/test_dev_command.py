@@ -83,6 +83,25 @@ def test_uait_dev_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
         )
         assert doc in [r["document_id"] for r in found.json()["results"]]
 
+        # It serves a real model: the tiny one here (the Gemma package is `make run`'s).
+        deadline = time.monotonic() + 120
+        while True:
+            models = httpx.get(f"{base}/v1/models", headers=admin.headers, timeout=10).json()
+            names = [m["id"] for m in models["data"]]
+            if names:
+                break
+            assert time.monotonic() < deadline, "uait dev registered no model"
+            time.sleep(0.5)
+        reply = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"model": names[0], "messages": [{"role": "user", "content": "hi"}],
+                  "max_tokens": 8},
+            headers=admin.headers,
+            timeout=120,
+        )  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
         # Ctrl-C in a terminal signals the whole process group.
         os.killpg(dev.pid, signal.SIGINT)
         assert dev.wait(timeout=60) == 0
