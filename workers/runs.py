@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
+from opentelemetry import trace
 
 from events.ids import command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
@@ -34,6 +35,7 @@ from infra.eventstore import FenceError, Guarded
 from infra.runs import Claim, RunLeases
 from telemetry import logs
 from telemetry.metrics import RUNS, RUNS_RUNNING
+from telemetry.tracing import extract, tracer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -275,8 +277,19 @@ class RunSupervisor:
         try:
             if claim.attempt > 1:
                 log.info("run %s: resuming (attempt %d)", claim.command_id, claim.attempt)
+            parent = extract({"traceparent": context.meta.traceparent or ""})
+            span = tracer().start_span(
+                f"run {claim.command_type}",
+                context=parent,
+                attributes={
+                    "uait.command.id": str(claim.command_id),
+                    "uait.run.attempt": claim.attempt,
+                    "uait.context": self.context,
+                },
+            )
             try:
-                result = await self.handler.run(context)
+                with trace.use_span(span, end_on_exit=True):
+                    result = await self.handler.run(context)
             except RunLostError:
                 return
             except Exception as exc:

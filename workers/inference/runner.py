@@ -26,6 +26,7 @@ from telemetry.metrics import (
     INFERENCE_TIME_TO_FIRST_TOKEN,
     INFERENCE_TOKENS,
 )
+from telemetry.tracing import tracer
 from workers.inference.backend import BackendError, BadRequestError, Delta, Finish, Generation
 from workers.runs import RunResult
 
@@ -114,6 +115,10 @@ class CompletionRunner:
         limit = self.backends.limits[endpoint]
         outstanding = INFERENCE_OUTSTANDING.labels(accepted.model, endpoint)
         outstanding.inc()
+        span = tracer().start_span(
+            f"generate {accepted.model}",
+            attributes={"uait.model": accepted.model, "uait.endpoint": endpoint},
+        )
         try:
             async with limit:
                 if run.claim.attempt == 1 and not prefix:
@@ -149,6 +154,10 @@ class CompletionRunner:
             return _failed(accepted, str(exc), tokens, endpoint)
         finally:
             outstanding.dec()
+            span.set_attribute("uait.completion_tokens", tokens)
+            if first is not None:
+                span.set_attribute("uait.time_to_first_token_s", first - started)
+            span.end()
         text = "".join(pieces)
         INFERENCE_TOKENS.labels(accepted.model, endpoint).inc(max(tokens - prefix_tokens, 0))
         stopped = run.stop_reason()
