@@ -29,10 +29,10 @@ from app.deps import Deps
 from app.hardening import JsonBodyGuard, install_cors, install_security_headers
 from app.health import IngressHealth
 from app.idempotency import IdempotencyMiddleware, IdempotencyStore
-from app.openai_errors import OpenAIErrors
 from app.lanes import install_lanes
 from app.limits import BodySizeLimit
 from app.observability import RequestMetrics, RequestTracing
+from app.openai_errors import OpenAIErrors
 from app.positions import PositionWatcher
 from app.problems import V1_PROBLEMS, problem_responses
 from app.queries import Queries

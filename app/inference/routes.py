@@ -32,7 +32,7 @@ from app.openai_errors import error_body
 from app.runstream import follow, run_streams
 from events.envelope import describe_validation_error
 from events.ids import uuid7
-from events.inference.commands import ChatMessage, RequestCompletion
+from events.inference.commands import ChatMessage, RequestCompletion, RequestEmbeddings
 from infra.publisher import BrokerUnavailableError, MessageTooLargeError
 
 if TYPE_CHECKING:
@@ -149,37 +149,50 @@ async def completions(
     )
 
 
-async def _complete(
+@router.post("/embeddings")
+async def embeddings(
+    body: shapes.EmbeddingsRequest,
     request: Request,
-    d: Deps,
-    who: Principal,
-    body: shapes.ChatCompletionRequest | shapes.CompletionRequest,
-    *,
-    chat: bool,
-    fields: dict[str, Any],
+    d: Annotated[Deps, Depends(deps)],
+    who: Annotated[Principal, Depends(require("inference:use"))],
 ) -> Any:
-    try:
-        name = await inference(d).resolve(body.model)
-    except (psycopg.Error, PoolTimeout):
-        name = body.model  # the worker tells whether it exists
+    """OpenAI's embeddings: one vector per input text (`encoding_format` float or base64)."""
+    name = await _resolve(d, body.model)
     if name is None:
-        return OpenAIError(
-            404, f"The model {body.model!r} does not exist", code="model_not_found", param="model"
-        ).response()
-    request_id = uuid7().hex
+        return _no_model(body.model)
     try:
-        command = RequestCompletion(
-            request_id=request_id,
-            model=name,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stops(),
-            user=body.user,
-            **fields,
+        command = RequestEmbeddings(
+            request_id=uuid7().hex, model=name, input=body.texts(), user=body.user
         )
     except ValidationError as exc:
-        return OpenAIError(400, describe_validation_error(exc)).response()
+        return OpenAIError(400, describe_validation_error(exc), param="input").response()
+    published = await _publish(request, d, who, command)
+    if isinstance(published, JSONResponse):
+        return published
+    command_id, headers = published
+    final = await _wait(d, command_id, headers)
+    if isinstance(final, JSONResponse):
+        return final
+    return JSONResponse(shapes.embeddings(body.model, final, body.encoding_format), headers=headers)
+
+
+async def _resolve(d: Deps, model: str) -> str | None:
+    try:
+        return await inference(d).resolve(model)
+    except (psycopg.Error, PoolTimeout):
+        return model  # the worker tells whether it exists
+
+
+def _no_model(model: str) -> JSONResponse:
+    return OpenAIError(
+        404, f"The model {model!r} does not exist", code="model_not_found", param="model"
+    ).response()
+
+
+async def _publish(
+    request: Request, d: Deps, who: Principal, command: RequestCompletion | RequestEmbeddings
+) -> tuple[uuid.UUID, dict[str, str]] | JSONResponse:
+    """Publish a command of this API; its id and the headers that name it, or an error."""
     await run_streams(d)  # no Redis: 503 before anything is published
     try:
         envelope = await d.publisher.publish(command, actor=who.actor)
@@ -198,25 +211,23 @@ async def _complete(
             await d.queries.log_accepted(*row)
     except (psycopg.Error, PoolTimeout) as exc:
         log.warning("could not note command %s as accepted: %s", command_id, exc)
-    completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
-    created = int(time.time())
     headers = {
         "X-Uait-Command-Id": str(command_id),
         "X-Uait-Status-Url": status_url(request, command_id),
     }
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(d, command_id, completion_id, created, body.model, chat, include_usage),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    return command_id, headers
+
+
+async def _wait(
+    d: Deps, command_id: uuid.UUID, headers: dict[str, str]
+) -> dict[str, Any] | JSONResponse:
+    """The run's final entry, or the error to answer with."""
     try:
         final = await asyncio.wait_for(_final(d, command_id), d.settings.inference_wait_s)
     except TimeoutError:
         return OpenAIError(
             504,
-            f"the completion did not finish within {d.settings.inference_wait_s:g} s; it goes"
+            f"the request did not finish within {d.settings.inference_wait_s:g} s; it goes"
             f" on: see {headers['X-Uait-Status-Url']}",
             code="timeout",
         ).response(headers)
@@ -225,6 +236,51 @@ async def _complete(
     error = _error_of(final)
     if error is not None:
         return error.response(headers)
+    return final
+
+
+async def _complete(
+    request: Request,
+    d: Deps,
+    who: Principal,
+    body: shapes.ChatCompletionRequest | shapes.CompletionRequest,
+    *,
+    chat: bool,
+    fields: dict[str, Any],
+) -> Any:
+    name = await _resolve(d, body.model)
+    if name is None:
+        return _no_model(body.model)
+    request_id = uuid7().hex
+    try:
+        command = RequestCompletion(
+            request_id=request_id,
+            model=name,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stops(),
+            user=body.user,
+            **fields,
+        )
+    except ValidationError as exc:
+        return OpenAIError(400, describe_validation_error(exc)).response()
+    published = await _publish(request, d, who, command)
+    if isinstance(published, JSONResponse):
+        return published
+    command_id, headers = published
+    completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(d, command_id, completion_id, created, body.model, chat, include_usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    final = await _wait(d, command_id, headers)
+    if isinstance(final, JSONResponse):
+        return final
     shape = shapes.chat_completion if chat else shapes.text_completion
     return JSONResponse(shape(completion_id, created, body.model, final), headers=headers)
 

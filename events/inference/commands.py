@@ -174,3 +174,24 @@ class RequestCompletion(InferenceCommand):
             if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
                 raise ValueError("response_format.json_schema must be an object with a schema")
         return value
+
+
+@register
+class RequestEmbeddings(InferenceCommand):
+    """Embed ``input`` texts with a model: a long-running command like a completion; the
+    vectors are its live stream's final entry (the event records their shape, not them)."""
+
+    TYPE: ClassVar[str] = "RequestEmbeddings"
+    PERMISSION: ClassVar[str] = "inference:use"
+    VERSION: ClassVar[int] = 1
+
+    request_id: RequestId
+    model: ModelName
+    input: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]],
+        Field(min_length=1, max_length=256),
+    ]
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+    def partition_key(self) -> str:
+        return self.request_id

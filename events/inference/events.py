@@ -106,3 +106,44 @@ class CompletionFailed(Event):
     error: str
     completion_tokens: int
     endpoint: str | None
+
+
+@register
+class EmbeddingsAccepted(Event):
+    TYPE: ClassVar[str] = "EmbeddingsAccepted"
+    VERSION: ClassVar[int] = 1
+
+    request_id: str
+    command_id: str
+    model: str
+    spec: ModelSpec
+    input: list[str]
+    user: str | None
+
+
+@register
+class EmbeddingsProduced(Event):
+    """The embeddings were computed (and handed to the caller through the live stream)."""
+
+    TYPE: ClassVar[str] = "EmbeddingsProduced"
+    VERSION: ClassVar[int] = 1
+    PUBLIC: ClassVar[bool] = True
+
+    request_id: str
+    model: str
+    count: int
+    dimensions: int
+    prompt_tokens: int
+    endpoint: str
+    latency_ms: float
+
+
+@register
+class EmbeddingsFailed(Event):
+    TYPE: ClassVar[str] = "EmbeddingsFailed"
+    VERSION: ClassVar[int] = 1
+    PUBLIC: ClassVar[bool] = True
+
+    request_id: str
+    model: str
+    error: str

@@ -223,3 +223,18 @@ def test_dspy_pointed_at_the_ingress(client: openai.OpenAI, services: Services) 
     assert len(outputs) == 1
     assert isinstance(outputs[0], str)
     assert outputs[0]
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
+    texts = ["the event store keeps every fact", "a projection reads them in order"]
+    plain = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    assert [d.index for d in plain.data] == [0, 1]
+    first = plain.data[0].embedding
+    assert len(first) == 128  # the tiny model's hidden size
+    assert abs(sum(x * x for x in first) - 1.0) < 1e-3  # L2-normalised
+    assert plain.usage.prompt_tokens > 0
+    # The client's default asks for base64 and decodes it: the same vectors.
+    decoded = client.embeddings.create(model=MODEL, input=texts)
+    for a, b in zip(plain.data, decoded.data, strict=True):
+        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding, strict=True)) < 1e-6
+    assert plain.data[0].embedding != plain.data[1].embedding

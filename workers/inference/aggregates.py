@@ -9,6 +9,9 @@ from events.inference.events import (
     CompletionCancelled,
     CompletionFailed,
     CompletionProduced,
+    EmbeddingsAccepted,
+    EmbeddingsFailed,
+    EmbeddingsProduced,
     ModelRegistered,
     ModelRetired,
     ModelUpdated,
@@ -62,8 +65,8 @@ class Model(Aggregate):
 
 
 class Completion(Aggregate):
-    """One completion request's run: accepted, then exactly one of produced / cancelled /
-    failed."""
+    """One completion (or embeddings) request's run: accepted, then exactly one of produced /
+    cancelled / failed."""
 
     SNAPSHOT_VERSION: ClassVar[int | None] = None
 
@@ -73,7 +76,14 @@ class Completion(Aggregate):
         self.finished = False
 
     def apply(self, event: Event) -> None:
-        if isinstance(event, CompletionAccepted):
+        if isinstance(event, CompletionAccepted | EmbeddingsAccepted):
             self.command_id = event.command_id
-        elif isinstance(event, CompletionProduced | CompletionCancelled | CompletionFailed):
+        elif isinstance(
+            event,
+            CompletionProduced
+            | CompletionCancelled
+            | CompletionFailed
+            | EmbeddingsProduced
+            | EmbeddingsFailed,
+        ):
             self.finished = True

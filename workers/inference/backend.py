@@ -60,8 +60,21 @@ class Finish:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors of some texts, in order (L2-normalised by the MLX backend)."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+    endpoint: str
+
+
 class Backend(Protocol):
     name: str
+
+    async def embed(self, source: str, texts: list[str]) -> Embedded:
+        """One vector per text (raises like ``generate``)."""
+        ...
 
     def generate(
         self, request: Generation, *, cancelled: Callable[[], bool]

@@ -11,10 +11,11 @@ from events.inference.commands import (
     ModelCommand,
     RegisterModel,
     RequestCompletion,
+    RequestEmbeddings,
     RetireModel,
     UpdateModel,
 )
-from events.inference.events import CompletionAccepted
+from events.inference.events import CompletionAccepted, EmbeddingsAccepted
 from workers import jobs
 from workers.aggregate import DomainRuleError
 from workers.decisions import RunStart, Verdict
@@ -40,7 +41,7 @@ class InferenceDecider:
     def stream_ids(self, command: Command) -> list[uuid.UUID]:
         if isinstance(command, ModelCommand):
             return [model_aggregate_id(command.name)]
-        assert isinstance(command, RequestCompletion)
+        assert isinstance(command, RequestCompletion | RequestEmbeddings)
         return [model_aggregate_id(command.model), run_aggregate_id(command.request_id)]
 
     def decide(self, command: Command, streams: Streams) -> Verdict:
@@ -102,9 +103,35 @@ class InferenceDecider:
         return Verdict(run.id, "accepted", run=start)
 
 
+def _embed(self: InferenceDecider, command: RequestEmbeddings, streams: Streams) -> Verdict:
+    command_id = jobs.current().command_id
+    assert command_id is not None, "decided outside a batch"
+    run = streams.get(run_aggregate_id(command.request_id), Completion)
+    start = RunStart(run.id, max_wall_s=self.max_wall_s)
+    if run.command_id is not None:
+        if run.command_id != str(command_id):
+            raise DomainRuleError(f"request_id {command.request_id!r} was already used")
+        return Verdict(run.id, "accepted (redelivered)", run=start)
+    model = streams.get(model_aggregate_id(command.model), Model)
+    if not model.active or model.spec is None:
+        raise NotFoundError(f"no model {command.model!r}")
+    run.record(
+        EmbeddingsAccepted(
+            request_id=command.request_id,
+            command_id=str(command_id),
+            model=command.model,
+            spec=model.spec,
+            input=command.input,
+            user=command.user,
+        )
+    )
+    return Verdict(run.id, "accepted", run=start)
+
+
 _DECISIONS: dict[type[Command], Callable[[InferenceDecider, Any, Streams], Verdict]] = {
     RegisterModel: InferenceDecider._register,
     UpdateModel: InferenceDecider._update,
     RetireModel: InferenceDecider._retire,
     RequestCompletion: InferenceDecider._complete,
+    RequestEmbeddings: _embed,
 }

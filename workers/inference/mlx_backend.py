@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workers.inference.backend import BackendError, BadRequestError, Delta, Finish, Generation
+from workers.inference.backend import (
+    BackendError,
+    BadRequestError,
+    Delta,
+    Embedded,
+    Finish,
+    Generation,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -114,6 +121,44 @@ class MlxBackend:
                     return
         finally:
             gone.set()
+
+    async def embed(self, source: str, texts: list[str]) -> Embedded:
+        """The mean of the model's last hidden states over each text's tokens, L2-normalised
+        (what a decoder model offers as an embedding; a dedicated embedding model does better).
+        """
+
+        def run() -> Embedded:
+            import mlx.core as mx
+
+            folder = Path(source).expanduser().resolve()
+            with _request_stream():
+                loaded = self._load(folder)
+                body = getattr(loaded.model, "model", None)
+                if body is None:
+                    raise BadRequestError(f"the model in {folder} has no hidden states to pool")
+                vectors, tokens = [], 0
+                for text in texts:
+                    ids = loaded.tokenizer.encode(text, add_special_tokens=False)
+                    if not ids:
+                        raise BadRequestError("an input has no tokens")
+                    tokens += len(ids)
+                    hidden = body(mx.array([ids]))[0].astype(mx.float32)
+                    mean = mx.mean(hidden, axis=0)
+                    vector = mean / (mx.linalg.norm(mean) + 1e-12)
+                    values: Any = vector.tolist()
+                    vectors.append([float(x) for x in values])
+                return Embedded(vectors, tokens, f"mlx:{folder}")
+
+        try:
+            future = self._thread.submit(run)
+        except RuntimeError as exc:
+            raise BackendError("the mlx backend is closed") from exc
+        try:
+            return await asyncio.wrap_future(future)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"mlx embedding failed: {exc!r}") from exc
 
     def _stream(
         self,

@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from infra.breakers import Breaker, BreakerConfig, BreakerOpenError
-from workers.inference.backend import BackendError, BadRequestError, Delta, Finish
+from workers.inference.backend import BackendError, BadRequestError, Delta, Embedded, Finish
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -261,6 +261,30 @@ class OpenAICompatibleBackend:
 
     def _guard(self) -> AbstractAsyncContextManager[None]:
         return self.breaker.guard() if self.breaker else contextlib.nullcontext()
+
+    async def embed(self, source: str, texts: list[str]) -> Embedded:
+        """``POST /v1/embeddings`` of ``texts`` (through the breaker; errors as ``generate``)."""
+        try:
+            async with self._guard():
+                response = await self._client.post(
+                    "/embeddings", json={"model": source, "input": texts}
+                )
+                if response.status_code >= 500 or response.status_code in (408, 429):
+                    raise BackendError(f"{self.endpoint}: HTTP {response.status_code}")
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{self.endpoint}: {exc!r}") from exc
+        except BreakerOpenError as exc:
+            raise CircuitOpenError(self.endpoint, exc) from exc
+        if response.status_code >= 400:
+            raise BadRequestError(f"{self.endpoint}: {response.text[:500]}")
+        try:
+            body = response.json()
+            rows = sorted(body["data"], key=lambda r: int(r["index"]))
+            vectors = [[float(x) for x in r["embedding"]] for r in rows]
+            tokens = int((body.get("usage") or {}).get("prompt_tokens", 0))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"{self.endpoint}: not an embeddings answer: {exc!r}") from exc
+        return Embedded(vectors, tokens, self.endpoint)
 
     async def list_models(self) -> list[str]:
         """The ids the server lists under ``/v1/models`` (not guarded by the breaker)."""

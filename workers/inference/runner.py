@@ -14,12 +14,15 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from events.inference.commands import RequestCompletion
+from events.inference.commands import RequestCompletion, RequestEmbeddings
 from events.inference.events import (
     CompletionAccepted,
     CompletionCancelled,
     CompletionFailed,
     CompletionProduced,
+    EmbeddingsAccepted,
+    EmbeddingsFailed,
+    EmbeddingsProduced,
 )
 from telemetry.metrics import (
     INFERENCE_OUTSTANDING,
@@ -33,6 +36,7 @@ from workers.runs import RunResult
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from events.inference.commands import ModelSpec
     from infra.settings import Settings
     from workers.inference.backend import Backend
     from workers.runs import RunContext
@@ -56,7 +60,9 @@ class Backends:
 
     def for_request(self, accepted: CompletionAccepted) -> tuple[Backend, str]:
         """The backend for a request, and the endpoint it goes to (the seam for routing)."""
-        spec = accepted.spec
+        return self.for_spec(accepted.spec)
+
+    def for_spec(self, spec: ModelSpec) -> tuple[Backend, str]:
         if spec.backend == "mlx":
             if self._mlx is None:
                 from workers.inference.mlx_backend import MlxBackend
@@ -81,9 +87,11 @@ class CompletionRunner:
 
     @property
     def command_types(self) -> frozenset[str]:
-        return frozenset({RequestCompletion.TYPE})
+        return frozenset({RequestCompletion.TYPE, RequestEmbeddings.TYPE})
 
     async def run(self, run: RunContext) -> RunResult:
+        if isinstance(run.events[0], EmbeddingsAccepted):
+            return await self._embed(run, run.events[0])
         accepted = next(e for e in run.events if isinstance(e, CompletionAccepted))
         earlier = [e for e in await run.streamed() if e.kind == "token"]
         prefix = "".join(e.data["text"] for e in earlier)
@@ -203,6 +211,45 @@ class CompletionRunner:
                 "model": accepted.model,
                 "endpoint": produced.endpoint,
                 "usage": _usage(finish, tokens),
+            },
+        )
+
+    async def _embed(self, run: RunContext, accepted: EmbeddingsAccepted) -> RunResult:
+        backend, endpoint = self.backends.for_spec(accepted.spec)
+        started = time.monotonic()
+        try:
+            async with self.backends.limits[endpoint]:
+                embedded = await backend.embed(accepted.spec.source, accepted.input)
+        except BackendError as exc:
+            failed = EmbeddingsFailed(
+                request_id=accepted.request_id, model=accepted.model, error=str(exc)[:2000]
+            )
+            return RunResult(
+                events=[failed],
+                rejected="invalid" if isinstance(exc, BadRequestError) else "failed",
+                detail=str(exc)[:2000],
+                final={"error": {"message": str(exc)[:2000]}},
+            )
+        dimensions = len(embedded.vectors[0]) if embedded.vectors else 0
+        produced = EmbeddingsProduced(
+            request_id=accepted.request_id,
+            model=accepted.model,
+            count=len(embedded.vectors),
+            dimensions=dimensions,
+            prompt_tokens=embedded.prompt_tokens,
+            endpoint=embedded.endpoint,
+            latency_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+        return RunResult(
+            events=[produced],
+            detail=f"{produced.count} vectors of {dimensions}",
+            final={
+                "embeddings": embedded.vectors,
+                "model": accepted.model,
+                "usage": {
+                    "prompt_tokens": embedded.prompt_tokens,
+                    "total_tokens": embedded.prompt_tokens,
+                },
             },
         )
 
