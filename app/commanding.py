@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from app.deps import Deps
     from events.base import Command
+    from events.envelope import Envelope
 
 log = logging.getLogger("uait.ingress")
 
@@ -71,6 +72,20 @@ def status_url(request: Request, command_id: Any) -> str:
     return f"{base}/v1/commands/{command_id}"
 
 
+async def note_accepted(d: Deps, envelope: Envelope, command: Command, actor: str) -> None:
+    """The command_log row of a published command. Best effort: the command is already on
+    Kafka, and the worker records the same row when it starts it; failing here would make a
+    retrying client send the command twice."""
+    try:
+        row = (envelope.message_id, command.CONTEXT, command.TYPE, envelope.occurred_at, actor)
+        if d.accepted is not None:
+            await d.accepted.note(row)
+        else:
+            await d.queries.log_accepted(*row)
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("could not note command %s as accepted: %s", envelope.message_id, exc)
+
+
 async def submit(
     request: Request,
     d: Deps,
@@ -108,16 +123,7 @@ async def submit(
     cid = str(command_id)
     logs.command_id.set(cid)
     logs.correlation_id.set(str(envelope.correlation_id))
-    # Best effort: the command is already on Kafka, and the worker records the same row when
-    # it starts it. Failing here would make a retrying client send the command twice.
-    try:
-        row = (command_id, command.CONTEXT, command.TYPE, envelope.occurred_at, actor)
-        if d.accepted is not None:
-            await d.accepted.note(row)
-        else:
-            await d.queries.log_accepted(*row)
-    except (psycopg.Error, PoolTimeout) as exc:
-        log.warning("could not note command %s as accepted: %s", command_id, exc)
+    await note_accepted(d, envelope, command, actor)
     url = status_url(request, cid)
     accepted = {"command_id": cid, "status_url": url, **(extra or {})}
     wait = preferred_wait(request.headers.get("prefer"), d.settings.max_wait_s)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from typing import TYPE_CHECKING, Annotated, Any
 
-import psycopg
 import typer
 
+from cli.commanding import wait_outcome
 from cli.console import console
 from cli.security import keyed_settings
 
@@ -44,7 +43,7 @@ def create_admin(
     except ValueError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from None
-    outcome = _wait_outcome(settings.database_url, command_id, wait_s)
+    outcome = wait_outcome(settings.database_url, "identity_command_outcomes", command_id, wait_s)
     if outcome is None:
         console.print(f"[yellow]no outcome within {wait_s:g} s[/yellow]; command {command_id}")
         raise typer.Exit(3)
@@ -102,21 +101,3 @@ async def _register_admin(
         return user_id, str(envelope.message_id)
     finally:
         await pool.close()
-
-
-def _wait_outcome(database_url: str, command_id: str, wait_s: float) -> tuple[str, str] | None:
-    deadline = time.monotonic() + wait_s
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            try:
-                row = conn.execute(
-                    "SELECT status, COALESCE(reason, '') FROM identity_command_outcomes"
-                    " WHERE command_id = %s",
-                    (command_id,),
-                ).fetchone()
-            except psycopg.errors.UndefinedTable:
-                row = None
-            if row is not None:
-                return str(row[0]), str(row[1])
-            time.sleep(0.2)
-    return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from cli.commanding import publish_command
 from cli.console import console, known_context, load_settings, setup_logging
 from events.base import Command, UnknownMessageTypeError, load
 from events.envelope import describe_validation_error
@@ -36,8 +36,7 @@ def publish(
     actor: Annotated[str, typer.Option(help="who sends it")] = "cli",
 ) -> None:
     """Publish one command straight to Kafka, in the same envelope the ingress uses."""
-    from infra.actors import operator_signer
-    from infra.publisher import BrokerUnavailableError, CommandPublisher
+    from infra.publisher import BrokerUnavailableError
 
     settings = load_settings()
     known_context(ctx, context)
@@ -59,18 +58,8 @@ def publish(
         console.print(f"[red]{data['type']} is not a command of context {context!r}[/red]")
         raise typer.Exit(2)
 
-    async def send() -> str:
-        async with CommandPublisher(
-            settings.kafka_bootstrap,
-            timeout_s=settings.publish_timeout_s,
-            max_message_bytes=settings.kafka_max_message_bytes,
-            signer=operator_signer(settings),
-        ) as publisher:
-            envelope = await publisher.publish(message, actor=actor)
-            return str(envelope.message_id)
-
     try:
-        command_id = asyncio.run(send())
+        command_id = publish_command(settings, message, actor)
     except BrokerUnavailableError as exc:
         console.print(f"[red]broker unavailable:[/red] {exc}")
         raise typer.Exit(3) from None

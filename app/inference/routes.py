@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from app.auth.principal import Principal, require
-from app.commanding import status_url
+from app.commanding import note_accepted, status_url
 from app.deps import Deps, deps
 from app.inference import shapes
 from app.inference.state import inference
@@ -203,14 +203,7 @@ async def _publish(
             {"Retry-After": "5"}
         )
     command_id = envelope.message_id
-    try:
-        row = (command_id, command.CONTEXT, command.TYPE, envelope.occurred_at, who.actor)
-        if d.accepted is not None:
-            await d.accepted.note(row)
-        else:
-            await d.queries.log_accepted(*row)
-    except (psycopg.Error, PoolTimeout) as exc:
-        log.warning("could not note command %s as accepted: %s", command_id, exc)
+    await note_accepted(d, envelope, command, who.actor)
     headers = {
         "X-Uait-Command-Id": str(command_id),
         "X-Uait-Status-Url": status_url(request, command_id),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from events.base import Command
+    from events.inference.commands import ModelSpec
     from workers.decisions import Streams
 
 
@@ -66,18 +67,11 @@ class InferenceDecider:
         return Verdict(model.id, f"retired {command.name}")
 
     def _complete(self, command: RequestCompletion, streams: Streams) -> Verdict:
-        command_id = jobs.current().command_id
-        assert command_id is not None, "decided outside a batch"
-        run = streams.get(run_aggregate_id(command.request_id), Completion)
-        start = RunStart(run.id, max_wall_s=command.max_wall_s or self.max_wall_s)
-        if run.command_id is not None:
-            if run.command_id != str(command_id):
-                raise DomainRuleError(f"request_id {command.request_id!r} was already used")
+        start, run, command_id, spec = _accepting(
+            command, streams, command.max_wall_s or self.max_wall_s
+        )
+        if spec is None:
             return Verdict(run.id, "accepted (redelivered)", run=start)
-        model = streams.get(model_aggregate_id(command.model), Model)
-        if not model.active or model.spec is None:
-            raise NotFoundError(f"no model {command.model!r}")
-        spec = model.spec
         max_tokens = command.max_tokens or spec.sampling.max_tokens
         run.record(
             CompletionAccepted(
@@ -103,24 +97,35 @@ class InferenceDecider:
         return Verdict(run.id, "accepted", run=start)
 
 
-def _embed(self: InferenceDecider, command: RequestEmbeddings, streams: Streams) -> Verdict:
+def _accepting(
+    command: RequestCompletion | RequestEmbeddings, streams: Streams, max_wall_s: float
+) -> tuple[RunStart, Completion, uuid.UUID, ModelSpec | None]:
+    """What accepting a run needs: its start, its aggregate, the command id, and the model's
+    spec (None when this command's run was accepted already: a redelivery)."""
     command_id = jobs.current().command_id
     assert command_id is not None, "decided outside a batch"
     run = streams.get(run_aggregate_id(command.request_id), Completion)
-    start = RunStart(run.id, max_wall_s=self.max_wall_s)
+    start = RunStart(run.id, max_wall_s=max_wall_s)
     if run.command_id is not None:
         if run.command_id != str(command_id):
             raise DomainRuleError(f"request_id {command.request_id!r} was already used")
-        return Verdict(run.id, "accepted (redelivered)", run=start)
+        return start, run, command_id, None
     model = streams.get(model_aggregate_id(command.model), Model)
     if not model.active or model.spec is None:
         raise NotFoundError(f"no model {command.model!r}")
+    return start, run, command_id, model.spec
+
+
+def _embed(self: InferenceDecider, command: RequestEmbeddings, streams: Streams) -> Verdict:
+    start, run, command_id, spec = _accepting(command, streams, self.max_wall_s)
+    if spec is None:
+        return Verdict(run.id, "accepted (redelivered)", run=start)
     run.record(
         EmbeddingsAccepted(
             request_id=command.request_id,
             command_id=str(command_id),
             model=command.model,
-            spec=model.spec,
+            spec=spec,
             input=command.input,
             user=command.user,
         )
