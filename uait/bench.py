@@ -83,6 +83,56 @@ def bench_lag(
     run_bench(rate=rate, seconds=seconds, per_append=per_append)
 
 
+@app.command("inference")
+def bench_inference(
+    rounds: Annotated[
+        int, typer.Option(min=1, help="alternating rounds; medians are reported")
+    ] = 3,
+    requests: Annotated[int, typer.Option(min=1, help="requests per round at concurrency 1")] = 30,
+    waves: Annotated[
+        int, typer.Option(min=1, help="requests per stream per round above concurrency 1")
+    ] = 4,
+    concurrency: Annotated[
+        list[int] | None, typer.Option(min=1, help="streams at once (repeat; default 1 and 32)")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="tokens per completion")] = 64,
+    tokens_per_s: Annotated[
+        float, typer.Option(min=1, help="the upstream's pace, per request")
+    ] = 200.0,
+    first_token_ms: Annotated[
+        float, typer.Option(min=0, help="the upstream's time to first token")
+    ] = 20.0,
+    real: Annotated[bool, typer.Option(help="also the tiny MLX model (concurrency 1)")] = True,
+    real_requests: Annotated[int, typer.Option(min=1, help="its requests per round")] = 10,
+    env: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for the uait processes (repeat)")
+    ] = None,
+) -> None:
+    """Time to first token and total latency of streamed completions, direct vs through uait."""
+    from bench.inference import Plan
+    from bench.inference import main as run_bench
+    from bench.upstream import Pace
+
+    setup_logging("WARNING", fmt="text")
+    pairs = [item.split("=", 1) for item in env or []]
+    if any(len(pair) != 2 for pair in pairs):
+        raise typer.BadParameter("--env takes KEY=VALUE")
+    pace = Pace(tokens_per_s, first_token_ms / 1000, max_tokens)
+    run_bench(
+        Plan(
+            rounds=rounds,
+            requests=requests,
+            waves=waves,
+            concurrency=tuple(concurrency or (1, 32)),
+            max_tokens=max_tokens,
+            pace=pace,
+            real=real,
+            real_requests=real_requests,
+            env=dict(pairs),
+        )
+    )
+
+
 @app.command(
     "alternate",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -219,7 +219,7 @@ def test_dspy_pointed_at_the_ingress(client: openai.OpenAI, services: Services) 
         temperature=0.0,
         cache=False,
     )
-    outputs = lm(messages=[{"role": "user", "content": "Say something."}])
+    outputs = lm("Say something.")
     assert len(outputs) == 1
     assert isinstance(outputs[0], str)
     assert outputs[0]
