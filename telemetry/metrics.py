@@ -337,6 +337,14 @@ INFERENCE_TIME_TO_FIRST_TOKEN = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+INFERENCE_QUEUE_TIME = Histogram(
+    "uait_inference_queue_seconds",
+    "From a request's acceptance to the start of its generation (claim, model resolution and"
+    " the endpoint's concurrency limit)",
+    ["model", "endpoint"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
 INFERENCE_TOKENS = Counter(
     "uait_inference_tokens_total",
     "Completion tokens generated",

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from events.inference.commands import RequestCompletion, RequestEmbeddings
@@ -26,6 +27,7 @@ from events.inference.events import (
 )
 from telemetry.metrics import (
     INFERENCE_OUTSTANDING,
+    INFERENCE_QUEUE_TIME,
     INFERENCE_TIME_TO_FIRST_TOKEN,
     INFERENCE_TOKENS,
 )
@@ -129,6 +131,10 @@ class CompletionRunner:
         )
         try:
             async with limit:
+                queued = datetime.now(UTC) - run.claim.accepted_at
+                INFERENCE_QUEUE_TIME.labels(accepted.model, endpoint).observe(
+                    max(queued.total_seconds(), 0.0)
+                )
                 if run.claim.attempt == 1 and not prefix:
                     await run.emit([("started", {"model": accepted.model, "endpoint": endpoint})])
                 if prefix_tokens >= accepted.max_tokens:  # it had all; only the record was lost
