@@ -90,12 +90,24 @@ def build_worker(
                 handover_s=settings.run_handover_s,
             )
             supervisors.append(supervisor)
+        # A context with long-running commands is interactive: a client waits for each of its
+        # few commands, so its topics are polled without the batch wait of the others.
+        own = (
+            settings
+            if plugin.runs is None
+            else settings.model_copy(
+                update={
+                    "worker_batch_timeout_ms": settings.run_batch_timeout_ms,
+                    "worker_fetch_max_wait_ms": settings.run_fetch_max_wait_ms,
+                }
+            )
+        )
         dispatchers.append(
             include_context(
                 broker,
                 store,
                 decider,
-                settings,
+                own,
                 kafka_bootstrap=kafka_bootstrap,
                 cancels=cancels,
                 actors=actors,

@@ -131,10 +131,9 @@ class RunContext:
         streams = self._supervisor.streams
         if streams is None or not entries:
             return
-        try:
-            await streams.append(self.claim.command_id, entries)
-        except Exception as exc:  # Redis down: readers miss tokens, the outcome still lands
-            log.warning("run %s: live stream unavailable: %s", self.claim.command_id, exc)
+        # Group-committed with every other run's entries; a Redis outage is logged by the
+        # writer: readers miss tokens, the outcome still lands.
+        await streams.append(self.claim.command_id, entries)
 
     async def streamed(self) -> list[Entry]:
         """What earlier attempts of this run streamed (empty on its first attempt)."""
@@ -220,6 +219,8 @@ class RunSupervisor:
         for task in self._tasks:
             task.cancel()
         if handed:
+            if self.streams is not None:
+                await self.streams.drain()  # the next worker continues after all of it
             await asyncio.to_thread(self.leases.release, handed)
             log.info("handed %d run(s) of %s back", len(handed), self.context)
         for r in list(self.running.values()):

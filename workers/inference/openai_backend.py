@@ -115,6 +115,9 @@ class OpenAICompatibleBackend:
             base_url=f"{self.endpoint}/v1",
             headers=headers,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            # The endpoint's concurrency limit bounds the connections; keep them all alive
+            # (httpx keeps 20 by default: more streams would reconnect on every request).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024),
             transport=transport,
         )
 

@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uait.inference")
 
-FLUSH_TOKENS = 16
-"""Tokens are written to the live stream in groups of at most this many (one round trip)."""
-
 
 class Backends:
     """The backends of this worker: one in-process MLX backend, one client per endpoint."""
@@ -119,7 +116,6 @@ class CompletionRunner:
         started = time.monotonic()
         first: float | None = None
         pieces = [prefix]
-        pending: list[tuple[str, dict[str, Any]]] = []
         tokens = prefix_tokens
         finish: Finish | None = None
         limit = self.backends.limits[endpoint]
@@ -153,13 +149,9 @@ class CompletionRunner:
                         pieces.append(item.text)
                         tokens += item.tokens
                         run.spend(item.tokens)
-                        pending.append(("token", {"text": item.text, "n": item.tokens}))
-                        if len(pending) >= FLUSH_TOKENS or not _more_ready(stream):
-                            await run.emit(pending)
-                            pending = []
+                        await run.emit([("token", {"text": item.text, "n": item.tokens})])
                     else:
                         finish = item
-                await run.emit(pending)
         except BadRequestError as exc:
             return _failed(accepted, str(exc), tokens, endpoint, code="invalid")
         except BackendError as exc:
@@ -262,12 +254,6 @@ class CompletionRunner:
 
 async def _done(finish: Finish) -> AsyncIterator[Finish]:
     yield finish
-
-
-def _more_ready(stream: Any) -> bool:
-    """Whether the backend already has the next item (then batch it with this one)."""
-    ready = getattr(stream, "ready", None)
-    return bool(ready()) if callable(ready) else False
 
 
 def _usage(finish: Finish | None, tokens: int) -> dict[str, int]:
