@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import BaseModel
 
 from app.problems import PROBLEM_JSON
 
@@ -28,6 +29,45 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape, as the OpenAI-compatible routes answer every error."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request (a parameter, the body, the JSON)",
+    401: "Not authenticated (an API key as `Authorization: Bearer`)",
+    403: "Not allowed (the key lacks the permission)",
+    404: "Unknown model",
+    409: "Conflict (e.g. the request was cancelled)",
+    413: "Request body too large",
+    415: "Request body is not application/json",
+    422: "Invalid request (told as 400 on these routes)",
+    429: "Too many requests (see Retry-After)",
+    502: "The backend failed",
+    503: "A dependency is unavailable (see Retry-After)",
+    504: "Not finished within the wait (it goes on: see X-Uait-Status-Url)",
+}
+
+OPENAI_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)
+
+
+def openai_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses``: these statuses answer in OpenAI's error shape."""
+    return {
+        status: {"description": _DESCRIPTIONS.get(status, "Error"), "model": OpenAIErrorBody}
+        for status in statuses
+    }
 
 
 def error_body(

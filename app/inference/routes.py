@@ -28,7 +28,7 @@ from app.commanding import note_accepted, status_url
 from app.deps import Deps, deps
 from app.inference import shapes
 from app.inference.state import inference
-from app.openai_errors import error_body
+from app.openai_errors import OPENAI_ERRORS, error_body, openai_responses
 from app.runstream import follow, run_streams
 from events.envelope import describe_validation_error
 from events.ids import uuid7
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uait.ingress")
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(prefix="/v1", tags=["inference"], responses=openai_responses(*OPENAI_ERRORS))
 
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings")
 

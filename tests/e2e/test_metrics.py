@@ -10,6 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from contexts import REGISTRY
+
 if TYPE_CHECKING:
     from tests.e2e.fixtures import Services
 
@@ -108,7 +110,7 @@ def test_readiness_reports_each_dependency(api):
 
 
 def test_workers_can_be_paused_and_resumed_over_http(api):
-    running = {"knowledge": "running", "identity": "running"}
+    running = dict.fromkeys(REGISTRY.names, "running")
     assert api.get("/v1/admin/workers").json() == {"contexts": running}
     paused = api.post("/v1/admin/workers/knowledge/pause")
     assert paused.status_code == 200
