@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
@@ -22,18 +22,18 @@ from eventsourcing.postgres import (
 from eventsourcing.utils import Environment, retry
 from psycopg.sql import SQL, Identifier
 
-from events.stored import decode
+from events.stored import decode, encode_state
 from telemetry.metrics import APPEND_DURATION, APPEND_EVENTS, EVENTS_APPENDED
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Sequence
+    from datetime import datetime
 
-    from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresDatastore
 
     from events.base import Event
-    from events.stored import DecodedEvent
+    from events.stored import DecodedEvent, EventMeta
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,18 @@ class Guarded:
 
 class FenceError(RuntimeError):
     """Raised when a guarded statement of an append did not hold: nothing was appended."""
+
+
+def stored_event(
+    aggregate_id: uuid.UUID, version: int, event: Event, now: datetime, meta: EventMeta
+) -> StoredEvent:
+    """``event`` as the store keeps it: version ``version`` of ``aggregate_id``'s stream."""
+    return StoredEvent(
+        originator_id=aggregate_id,
+        originator_version=version,
+        topic=event.TYPE,
+        state=encode_state(event, now, meta),
+    )
 
 
 def open_factory(context: str, es_env: dict[str, str], pool_size: int = 4) -> PostgresFactory:

@@ -144,11 +144,3 @@ class RunLeases:
             return
         with self.datastore.get_connection() as conn:
             conn.execute(_RELEASE, (self.owner, ids))
-
-    def open_count(self) -> int:
-        with self.datastore.get_connection() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM runs WHERE context = %s AND state <> 'done'",
-                (self.context,),
-            ).fetchone()
-        return int(row["n"]) if row else 0

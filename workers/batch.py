@@ -36,7 +36,7 @@ from events.envelope import (
 )
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
-from events.stored import EventMeta, encode_state
+from infra.eventstore import stored_event
 from infra.runs import run_row
 from security.actors import ActorRejectedError
 from telemetry import logs
@@ -268,7 +268,7 @@ class BatchProcessor:
             outcome, events = decided
             meta = item.meta()
             for aggregate_id, version, event in events:
-                stored.append(_stored(aggregate_id, version, event, now, meta))
+                stored.append(stored_event(aggregate_id, version, event, now, meta))
             if isinstance(outcome, RunStart):
                 # Its outcome is the run's to record; the run row commits with its acceptance.
                 runs.append(
@@ -284,7 +284,9 @@ class BatchProcessor:
                 )
                 report.count(item, "accepted")
                 continue
-            stored.append(_stored(command_aggregate_id(item.command_id), 1, outcome, now, meta))
+            stored.append(
+                stored_event(command_aggregate_id(item.command_id), 1, outcome, now, meta)
+            )
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
         if stored or runs:
             started = time.time_ns()
@@ -380,17 +382,6 @@ class BatchProcessor:
 def _rejected(item: Item, code: RejectionCode, reason: str) -> CommandRejected:
     return CommandRejected(
         command_id=str(item.command_id), command_type=item.type, code=code, reason=reason[:2000]
-    )
-
-
-def _stored(
-    aggregate_id: uuid.UUID, version: int, event: Event, now: datetime, meta: EventMeta
-) -> StoredEvent:
-    return StoredEvent(
-        originator_id=aggregate_id,
-        originator_version=version,
-        topic=event.TYPE,
-        state=encode_state(event, now, meta),
     )
 
 

@@ -25,21 +25,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError
 from opentelemetry import trace
 
 from events.ids import command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
-from events.stored import DecodedEvent, EventMeta, encode_state
-from infra.eventstore import FenceError, Guarded
+from events.stored import DecodedEvent, EventMeta
+from infra.eventstore import FenceError, Guarded, stored_event
 from infra.runs import Claim, RunLeases
 from telemetry import logs
 from telemetry.metrics import RUNS, RUNS_RUNNING
 from telemetry.tracing import extract, tracer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from events.base import Event
     from infra.cancel import CancelWatcher
     from infra.runstreams import Entry, RunStreams
@@ -196,7 +194,7 @@ class RunSupervisor:
             asyncio.create_task(self._renew_loop(), name=f"runs-renew-{self.context}"),
         ]
 
-    def wake(self, command_ids: Iterable[uuid.UUID] = ()) -> None:
+    def wake(self) -> None:
         """New runs were accepted (callable from any thread): claim them now."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -325,7 +323,7 @@ class RunSupervisor:
         stored = []
         for event in events:
             version += 1
-            stored.append(_stored(claim.run_id, version, event, now, context.meta))
+            stored.append(stored_event(claim.run_id, version, event, now, context.meta))
         guarded = []
         if outcome is not None:
             final_event: Event
@@ -345,7 +343,9 @@ class RunSupervisor:
                     reason=outcome.detail[:2000] or outcome.rejected,
                 )
             stored.append(
-                _stored(command_aggregate_id(claim.command_id), 1, final_event, now, context.meta)
+                stored_event(
+                    command_aggregate_id(claim.command_id), 1, final_event, now, context.meta
+                )
             )
             guarded.append(claim.done_row(self.owner))
         else:
@@ -381,15 +381,4 @@ def _lease_held(claim: Claim, owner: str) -> Guarded:
         " AND state = 'running' FOR UPDATE",
         (claim.command_id, owner, claim.attempt),
         expect_rows=1,
-    )
-
-
-def _stored(
-    aggregate_id: uuid.UUID, version: int, event: Event, now: datetime, meta: EventMeta
-) -> StoredEvent:
-    return StoredEvent(
-        originator_id=aggregate_id,
-        originator_version=version,
-        topic=event.TYPE,
-        state=encode_state(event, now, meta),
     )

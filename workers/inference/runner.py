@@ -57,11 +57,8 @@ class Backends:
             lambda: asyncio.Semaphore(settings.inference_endpoint_concurrency)
         )
 
-    def for_request(self, accepted: CompletionAccepted) -> tuple[Backend, str]:
-        """The backend for a request, and the endpoint it goes to (the seam for routing)."""
-        return self.for_spec(accepted.spec)
-
     def for_spec(self, spec: ModelSpec) -> tuple[Backend, str]:
+        """The backend for a model, and the endpoint it goes to (the seam for routing)."""
         if spec.backend == "mlx":
             if self._mlx is None:
                 from workers.inference.mlx_backend import MlxBackend
@@ -95,7 +92,7 @@ class CompletionRunner:
         earlier = [e for e in await run.streamed() if e.kind == "token"]
         prefix = "".join(e.data["text"] for e in earlier)
         prefix_tokens = sum(int(e.data.get("n", 1)) for e in earlier)
-        backend, endpoint = self.backends.for_request(accepted)
+        backend, endpoint = self.backends.for_spec(accepted.spec)
         request = Generation(
             model=accepted.model,
             source=accepted.spec.source,
