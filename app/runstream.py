@@ -47,32 +47,32 @@ async def close_run_streams(d: Deps) -> None:
 
 async def follow(
     d: Deps, command_id: uuid.UUID, after: str = "0-0"
-) -> AsyncIterator[Entry | dict[str, Any] | None]:
-    """A run's entries from ``after`` to its final one. When the command ends without a final
-    entry, yields its outcome row instead (a dict) and stops; yields None on quiet periods (a
-    chance for a keep-alive)."""
+) -> AsyncIterator[list[Entry] | dict[str, Any] | None]:
+    """A run's entries from ``after`` to its final one, a read's worth at a time. When the
+    command ends without a final entry, yields its outcome row instead (a dict) and stops;
+    yields None on quiet periods (a chance for a keep-alive)."""
     streams = await run_streams(d)
     last = after
     quiet = 0.0
     while True:
-        async for entry in streams.follow(command_id, last, block_ms=int(OUTCOME_CHECK_S * 1000)):
-            if entry is None:
+        async for page in streams.follow(command_id, last, block_ms=int(OUTCOME_CHECK_S * 1000)):
+            if page is None:
                 break
-            last = entry.id
+            last = page[-1].id
             quiet = 0.0
-            yield entry
-            if entry.kind == "final":
+            yield page
+            if page[-1].kind == "final":
                 return
         quiet += OUTCOME_CHECK_S
         row = await d.queries.command(command_id)
         if row is not None and row["status"] in ("succeeded", "rejected"):
             # Ended: take what the stream got meanwhile (its final entry, most often), else the
             # outcome alone.
-            async for entry in streams.follow(command_id, last, block_ms=200):
-                if entry is None:
+            async for page in streams.follow(command_id, last, block_ms=200):
+                if page is None:
                     break
-                yield entry
-                if entry.kind == "final":
+                yield page
+                if page[-1].kind == "final":
                     return
             yield row
             return

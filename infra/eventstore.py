@@ -270,9 +270,18 @@ class EventStore:
 
     def load_decoded(self, aggregate_id: uuid.UUID) -> list[DecodedEvent]:
         """One aggregate's history with each event's time and meta, in order."""
+        return self.load_decoded_many([aggregate_id]).get(aggregate_id, [])
+
+    def load_decoded_many(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[DecodedEvent]]:
+        """Many aggregates' histories with each event's time and meta, in one query."""
+        histories: dict[uuid.UUID, list[DecodedEvent]] = defaultdict(list)
+        if not ids:
+            return histories
         with self.datastore.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(self._select_streams, ([aggregate_id],), prepare=True)
-            return [decode(row["topic"], bytes(row["state"])) for row in cur.fetchall()]
+            cur.execute(self._select_streams, (list(ids),), prepare=True)
+            for row in cur.fetchall():
+                histories[row["originator_id"]].append(decode(row["topic"], bytes(row["state"])))
+        return histories
 
     def existing(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these aggregates have any stored event (used for outcome records)."""

@@ -137,9 +137,11 @@ class RunStreams:
 
     async def follow(
         self, command_id: uuid.UUID | str, after: str = "0-0", *, block_ms: int = 5000
-    ) -> AsyncIterator[Entry | None]:
-        """Entries after ``after``, as they come, until the final one; yields None after each
-        ``block_ms`` without news (a caller's chance to send a keep-alive or give up)."""
+    ) -> AsyncIterator[list[Entry] | None]:
+        """Entries after ``after``, as they come, until the final one: each read's entries at
+        once (a reader that falls behind gets what gathered in one piece, and answers it with
+        one write); None after each ``block_ms`` without news (a caller's chance to send a
+        keep-alive or give up)."""
         key = stream_key(command_id)
         last = after
         while True:
@@ -147,9 +149,12 @@ class RunStreams:
             if not found:
                 yield None
                 continue
+            page = []
             for entry_id, fields in found[0][1]:
                 entry = _entry(entry_id, fields)
-                last = entry.id
-                yield entry
+                page.append(entry)
                 if entry.kind == FINAL:
+                    yield page
                     return
+            last = page[-1].id
+            yield page

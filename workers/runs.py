@@ -31,6 +31,7 @@ from opentelemetry import trace
 from events.ids import command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import DecodedEvent, EventMeta
+from infra.coalesce import Coalescer
 from infra.eventstore import FenceError, Guarded, stored_event
 from infra.runs import Claim, RunLeases
 from telemetry import logs
@@ -38,6 +39,8 @@ from telemetry.metrics import RUNS, RUNS_RUNNING
 from telemetry.tracing import extract, tracer
 
 if TYPE_CHECKING:
+    from eventsourcing.persistence import StoredEvent
+
     from events.base import Event
     from infra.cancel import CancelWatcher
     from infra.runstreams import Entry, RunStreams
@@ -182,6 +185,7 @@ class RunSupervisor:
         self._inflight: set[asyncio.Task[None]] = set()
         """Every run task, from its claim to its end (``running`` has those that loaded)."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._appends: Coalescer[_Append, None] = Coalescer(self._append_batch, max_batch=256)
 
     @property
     def context(self) -> str:
@@ -242,10 +246,15 @@ class RunSupervisor:
         if free <= 0:
             return
         claims = await asyncio.to_thread(self.leases.claim, free, self.lease_s)
-        if claims:
-            await self.cancels.prime([c.command_id for c in claims])
+        if not claims:
+            return
+        await self.cancels.prime([c.command_id for c in claims])
+        histories = await asyncio.to_thread(
+            self.store.load_decoded_many, [c.run_id for c in claims]
+        )
         for claim in claims:
-            task = asyncio.create_task(self._execute(claim), name=f"run-{claim.command_id}")
+            run = self._execute(claim, histories.get(claim.run_id, []))
+            task = asyncio.create_task(run, name=f"run-{claim.command_id}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         if len(claims) == free:
@@ -267,9 +276,8 @@ class RunSupervisor:
                     log.warning("run %s: lease lost; stopping it here", cid)
                     self.running[cid].context.stop = "lost"
 
-    async def _execute(self, claim: Claim) -> None:
+    async def _execute(self, claim: Claim, history: list[DecodedEvent]) -> None:
         tokens = (logs.command_id.set(str(claim.command_id)),)
-        history = await asyncio.to_thread(self.store.load_decoded, claim.run_id)
         context = RunContext(claim, history, self)
         self.running[claim.command_id] = _Running(asyncio.current_task(), context)  # type: ignore[arg-type]
         RUNS_RUNNING.labels(self.context).set(len(self.running))
@@ -351,7 +359,7 @@ class RunSupervisor:
         else:
             guarded.append(_lease_held(claim, self.owner))
         try:
-            await asyncio.to_thread(self.store.append, stored, (), guarded)
+            await self._appends(_Append(stored, guarded))
         except (FenceError, IntegrityError) as exc:
             context.stop = "lost"
             log.warning("run %s: not recorded, another worker holds it (%s)", claim.command_id, exc)
@@ -368,6 +376,39 @@ class RunSupervisor:
                 await self.streams.finish(claim.command_id, final)
             except Exception as exc:
                 log.warning("run %s: final stream entry not written: %s", claim.command_id, exc)
+
+    async def _append_batch(self, items: list[_Append]) -> list[BaseException | None]:
+        """The records of every run that queued meanwhile, in one transaction (they would take
+        the events table's lock one after the other anyway); when that one is refused, each
+        record goes alone, so that only the runs this worker lost are refused."""
+        events = [e for item in items for e in item.events]
+        guarded = [g for item in items for g in item.guarded]
+        try:
+            await asyncio.to_thread(self.store.append, events, (), guarded)
+        except (FenceError, IntegrityError) as exc:
+            if len(items) == 1:
+                return [exc]
+            return await asyncio.to_thread(self._append_each, items)
+        return [None] * len(items)
+
+    def _append_each(self, items: list[_Append]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        for item in items:
+            try:
+                self.store.append(item.events, (), item.guarded)
+            except (FenceError, IntegrityError) as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+
+@dataclass(frozen=True)
+class _Append:
+    """One run's record: its events and the statements that fence them."""
+
+    events: list[StoredEvent]
+    guarded: list[Guarded]
 
 
 def _versions(context: RunContext, events: list[Event]) -> list[tuple[int, Event]]:

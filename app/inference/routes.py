@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator
 
-    from infra.runstreams import Entry
 
 log = logging.getLogger("uait.ingress")
 
@@ -279,11 +278,11 @@ async def _complete(
 
 
 async def _final(d: Deps, command_id: uuid.UUID) -> dict[str, Any]:
-    async for entry in follow(d, command_id):
-        if isinstance(entry, dict):
-            return _from_outcome(entry)
-        if entry is not None and entry.kind == "final":
-            return entry.data
+    async for page in follow(d, command_id):
+        if isinstance(page, dict):
+            return _from_outcome(page)
+        if page is not None and page[-1].kind == "final":
+            return page[-1].data
     raise RedisError("the stream ended without a result")
 
 
@@ -330,50 +329,52 @@ async def _sse(
         yield event(
             shapes.chat_chunk(completion_id, created, model, {"role": "assistant", "content": ""})
         )
+
+    def token(text: str) -> bytes:
+        return event(
+            shapes.chat_chunk(completion_id, created, model, {"content": text})
+            if chat
+            else shapes.text_chunk(completion_id, created, model, text)
+        )
+
+    def ending(final: dict[str, Any]) -> bytes:
+        error = _error_of(final)
+        if error is not None:
+            return event(error_body(error.status, error.message, code=error.code))
+        reason = final.get("finish_reason", "stop")
+        out = event(
+            shapes.chat_chunk(completion_id, created, model, {}, reason)
+            if chat
+            else shapes.text_chunk(completion_id, created, model, "", reason)
+        )
+        if include_usage and final.get("usage"):
+            usage = {
+                "id": completion_id,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": final["usage"],
+            }
+            out += event(usage)
+        return out
+
     try:
-        async for entry in follow(d, command_id):
-            if entry is None:
+        async for page in follow(d, command_id):
+            if page is None:
                 yield b": keep-alive\n\n"
-                continue
-            final = _from_outcome(entry) if isinstance(entry, dict) else _entry_final(entry)
-            if final is None:
-                assert not isinstance(entry, dict)
-                if entry.kind == "token":
-                    text = entry.data["text"]
-                    yield event(
-                        shapes.chat_chunk(completion_id, created, model, {"content": text})
-                        if chat
-                        else shapes.text_chunk(completion_id, created, model, text)
-                    )
-                continue
-            error = _error_of(final)
-            if error is not None:
-                yield event(error_body(error.status, error.message, code=error.code))
-                break
-            reason = final.get("finish_reason", "stop")
-            yield event(
-                shapes.chat_chunk(completion_id, created, model, {}, reason)
-                if chat
-                else shapes.text_chunk(completion_id, created, model, "", reason)
-            )
-            if include_usage and final.get("usage"):
-                usage = {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk" if chat else "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": final["usage"],
-                }
-                yield event(usage)
-            break
+            elif isinstance(page, dict):
+                yield ending(_from_outcome(page))
+            else:
+                # What one read brought, in one write (many tokens when this reader fell behind).
+                yield b"".join(
+                    token(e.data["text"]) if e.kind == "token" else ending(e.data)
+                    for e in page
+                    if e.kind in ("token", "final")
+                )
     except RedisError as exc:
         yield event(error_body(503, f"live stream unavailable: {exc}"))
     yield b"data: [DONE]\n\n"
-
-
-def _entry_final(entry: Entry) -> dict[str, Any] | None:
-    return entry.data if entry.kind == "final" else None
 
 
 def _message(exc: Exception) -> str:

@@ -130,17 +130,18 @@ async def stream_command(
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for entry in follow(d, command_id, after):
-                if entry is None:
+            async for page in follow(d, command_id, after):
+                if page is None:
                     yield b": keep-alive\n\n"
-                elif isinstance(entry, dict):
-                    data = orjson.dumps(jsonable_encoder(entry))
+                elif isinstance(page, dict):
+                    data = orjson.dumps(jsonable_encoder(page))
                     yield b"event: final\ndata: " + data + b"\n\n"
                 else:
-                    yield (
+                    yield b"".join(
                         f"id: {entry.id}\nevent: {entry.kind}\ndata: ".encode()
                         + orjson.dumps(entry.data)
                         + b"\n\n"
+                        for entry in page
                     )
         except RedisError as exc:
             yield b"event: error\ndata: " + orjson.dumps({"message": str(exc)}) + b"\n\n"

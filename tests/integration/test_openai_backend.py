@@ -1,10 +1,11 @@
 """The OpenAI-compatible backend against a real ``mlx_lm.server`` on the tiny model, with its
 endpoint's circuit breaker in the session's real Redis; plus a few answers no real server gives on
-demand (a 503, an error event), from httpx's mock transport."""
+demand (a 503, an error event), from a small scripted HTTP server."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from infra.breakers import Breaker, BreakerConfig, BreakerRegistry, BreakerState
@@ -285,7 +287,10 @@ async def test_the_breaker_opens_when_the_server_dies_and_closes_once_it_is_back
         assert (await breaker.status()).state is BreakerState.CLOSED
 
 
-# --- answers from httpx's mock transport --------------------------------------------------------
+# --- answers from a scripted server ------------------------------------------------------------
+
+Answer = tuple[int, bytes]
+"""A status and a body (JSON for an error, SSE otherwise)."""
 
 
 def sse(*events: dict[str, Any] | str) -> bytes:
@@ -305,33 +310,56 @@ def chunk(text: str | None, finish: str | None = None) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-def mocked(handler: Callable[[httpx.Request], httpx.Response]) -> OpenAICompatibleBackend:
-    """A backend whose server is ``handler`` (use it as ``async with``)."""
-    return OpenAICompatibleBackend(
-        "http://upstream.test", breaker=None, backoff_s=0.01, transport=httpx.MockTransport(handler)
-    )
+def error(status: int, body: Any) -> Answer:
+    return status, orjson.dumps(body)
+
+
+@contextlib.asynccontextmanager
+async def scripted(
+    *answers: Answer, repeat: bool = False
+) -> AsyncIterator[OpenAICompatibleBackend]:
+    """A backend on a real HTTP server that gives ``answers`` in turn (the last one forever with
+    ``repeat``), whatever the request."""
+    queue = list(answers)
+
+    async def answer(request: web.Request) -> web.Response:
+        status, body = queue[0] if repeat and len(queue) == 1 else queue.pop(0)
+        kind = "application/json" if status >= 300 else "text/event-stream"
+        return web.Response(status=status, body=body, content_type=kind)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with OpenAICompatibleBackend(
+            f"http://127.0.0.1:{port}", breaker=None, backoff_s=0.01
+        ) as backend:
+            yield backend
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_503_before_the_first_token_is_retried() -> None:
-    answers = [
-        httpx.Response(503, json={"error": {"message": "overloaded"}}),
-        httpx.Response(200, content=sse(": ping", chunk("a"), chunk("b", "stop"), "[DONE]")),
-    ]
-    async with mocked(lambda request: answers.pop(0)) as backend:
+    overloaded = error(503, {"error": {"message": "overloaded"}})
+    answer = (200, sse(": ping", chunk("a"), chunk("b", "stop"), "[DONE]"))
+    async with scripted(overloaded, answer) as backend:
         deltas, finish = await run(backend, Generation(model="m", source="up", messages=HI))
     assert deltas == ["a", "b"]
     assert (finish.reason, finish.completion_tokens, finish.details["attempts"]) == ("stop", 2, 2)
 
 
 async def test_every_attempt_failing_is_a_backend_error_with_the_last_cause() -> None:
-    async with mocked(lambda request: httpx.Response(429, json={"error": "slow down"})) as backend:
+    async with scripted(error(429, {"error": "slow down"}), repeat=True) as backend:
         with pytest.raises(BackendError, match=r"3 attempts.*slow down"):
             await run(backend, Generation(model="m", source="up", prompt="x"))
 
 
 async def test_an_error_event_after_the_first_token_is_a_backend_error() -> None:
     body = sse(chunk("a"), {"error": {"message": "engine died"}})
-    async with mocked(lambda request: httpx.Response(200, content=body)) as backend:
+    async with scripted((200, body)) as backend:
         with pytest.raises(BackendError, match="engine died"):
             await run(backend, Generation(model="m", source="up", messages=HI))
 
@@ -339,7 +367,7 @@ async def test_an_error_event_after_the_first_token_is_a_backend_error() -> None
 async def test_an_unknown_finish_reason_is_a_stop_and_server_usage_is_the_count() -> None:
     usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 9}}
     body = sse(chunk("a"), chunk(None, "tool_calls"), usage, "[DONE]")
-    async with mocked(lambda request: httpx.Response(200, content=body)) as backend:
+    async with scripted((200, body)) as backend:
         _, finish = await run(backend, Generation(model="m", source="up", messages=HI))
     assert (finish.reason, finish.prompt_tokens, finish.completion_tokens) == ("stop", 7, 9)
     assert finish.details["upstream_finish_reason"] == "tool_calls"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
+import aiohttp
 import httpx
 import orjson
 
@@ -73,16 +74,23 @@ async def test_a_plain_completion_is_one_object_with_every_token_and_the_usage()
 
 async def test_the_bench_client_reads_ttft_total_and_tokens_from_the_stream():
     slow_first = Pace(tokens_per_s=20_000, first_token_s=0.05, default_tokens=8)
-    async with _client(SyntheticUpstream(slow_first)) as client:
-        sample = await stream_chat(client, "/v1/chat/completions", MODEL, 12, {})
+    port = _free_port()
+    with serve_in_thread(slow_first, port):
+        async with aiohttp.ClientSession() as client:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            sample = await stream_chat(client, url, MODEL, 12, {})
     assert sample.tokens == 12
     assert 0.05 <= sample.ttft_s <= sample.total_s
 
 
-def test_a_client_that_goes_away_stops_its_stream():
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def test_a_client_that_goes_away_stops_its_stream():
+    port = _free_port()
     with serve_in_thread(Pace(tokens_per_s=500, first_token_s=0.0), port) as app:
         body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5000}
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
