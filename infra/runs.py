@@ -3,7 +3,9 @@
 A run row is inserted in the transaction that records the run's acceptance (``run_row``) and
 marked done in the one that records its outcome (``done_row``, a fence: it holds only while the
 lease is still the finishing worker's). Between the two, workers claim runs whose lease is free
-or expired, renew the leases they hold, and hand them back when they stop.
+or expired, renew the leases they hold, and hand them back when they stop. A worker with room
+claims the runs it accepts in the accepting transaction itself (``run_row`` with ``owner``) and
+starts them at once, from what that transaction wrote (``Adopted``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ if TYPE_CHECKING:
 
     from eventsourcing.postgres import PostgresDatastore
 
+    from events.stored import DecodedEvent
+
 _INSERT = """
 INSERT INTO runs (command_id, context, run_id, command_type, accepted_at, deadline_at,
                   max_tokens)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (command_id) DO NOTHING
+"""
+
+_INSERT_CLAIMED = """
+INSERT INTO runs (command_id, context, run_id, command_type, accepted_at, deadline_at,
+                  max_tokens, state, owner, attempts, lease_until)
+VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s, 1, now() + make_interval(secs => %s))
 ON CONFLICT (command_id) DO NOTHING
 """
 
@@ -69,12 +80,17 @@ def run_row(
     accepted_at: datetime,
     max_wall_s: float | None,
     max_tokens: int | None = None,
+    owner: str | None = None,
+    lease_s: float = 0.0,
 ) -> Guarded:
-    """The run row of a command accepted as a long-running one (idempotent)."""
+    """The run row of a command accepted as a long-running one (idempotent). With ``owner``,
+    claimed by it (attempt 1, a lease of ``lease_s``): only for a run whose acceptance event
+    commits in the same transaction, so that the row is surely this insert's."""
     deadline = accepted_at + timedelta(seconds=max_wall_s) if max_wall_s else None
-    return Guarded(
-        _INSERT, (command_id, context, run_id, command_type, accepted_at, deadline, max_tokens)
-    )
+    row = (command_id, context, run_id, command_type, accepted_at, deadline, max_tokens)
+    if owner is None:
+        return Guarded(_INSERT, row)
+    return Guarded(_INSERT_CLAIMED, (*row, owner, lease_s))
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,14 @@ class Claim:
     def done_row(self, owner: str) -> Guarded:
         """The fence of the run's outcome: it commits only while this claim still holds."""
         return Guarded(_DONE, (self.command_id, owner, self.attempt), expect_rows=1)
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A run claimed in the transaction that accepted it, with its history as written there."""
+
+    claim: Claim
+    history: list[DecodedEvent]
 
 
 class RunLeases:

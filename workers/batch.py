@@ -19,8 +19,8 @@ import time
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 from eventsourcing.persistence import IntegrityError, StoredEvent
@@ -36,8 +36,9 @@ from events.envelope import (
 )
 from events.ids import COMMAND_NAMESPACE, command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
+from events.stored import DecodedEvent
 from infra.eventstore import stored_event
-from infra.runs import run_row
+from infra.runs import Adopted, Claim, run_row
 from security.actors import ActorRejectedError
 from telemetry import logs
 from workers import jobs, snapshots
@@ -56,6 +57,23 @@ if TYPE_CHECKING:
     from workers.parking import Parking
 
 log = logging.getLogger("uait.worker")
+
+
+class RunIntake(Protocol):
+    """Where a batch's runs go (the context's run supervisor). Called from the batch's thread:
+    ``reserve`` room for runs this worker then claims in the accepting transaction, ``adopt``
+    them once it committed (``unreserve`` if it did not), ``wake`` the claim for the rest."""
+
+    owner: str
+    lease_s: float
+
+    def reserve(self, n: int) -> int: ...
+
+    def unreserve(self, n: int) -> None: ...
+
+    def adopt(self, runs: list[Adopted]) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 class _StreamCache:
@@ -128,7 +146,7 @@ class BatchProcessor:
         parking: Parking | None = None,
         policies: jobs.Policies | None = None,
         is_cancelled: Callable[[uuid.UUID], bool] | None = None,
-        on_runs: Callable[[list[uuid.UUID]], None] | None = None,
+        runs: RunIntake | None = None,
     ) -> None:
         self.actors = actors
         """Raises ActorRejectedError for a command whose actor cannot be verified."""
@@ -140,8 +158,8 @@ class BatchProcessor:
         self.parking = parking
         self.policies = policies
         self.is_cancelled = is_cancelled or (lambda _command_id: False)
-        self.on_runs = on_runs
-        """Told the commands a batch accepted as runs, once it committed (from its thread)."""
+        self.runs = runs
+        """Where the runs a batch accepts go once it committed (from its thread)."""
         self._marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mark-started")
 
     def process(self, records: Sequence[Record]) -> BatchReport:
@@ -169,11 +187,16 @@ class BatchProcessor:
             if started is not None:
                 with contextlib.suppress(Exception):  # the batch's own error is the one to tell
                     started.result()
+            if report.adopted and self.runs is not None:  # committed before the error: run them
+                self.runs.adopt(report.adopted)
             raise
         if started is not None:
             started.result()
-        if report.runs and self.on_runs is not None:
-            self.on_runs(report.runs)
+        if self.runs is not None:
+            if report.adopted:
+                self.runs.adopt(report.adopted)
+            if len(report.runs) > len(report.adopted):
+                self.runs.wake()
         return report
 
     def parse(self, record: Record) -> Item:
@@ -249,7 +272,7 @@ class BatchProcessor:
         streams = _StreamCache(self.store.load_latest(sorted(stream_ids)))
         now = self.clock()
         stored: list[StoredEvent] = []
-        runs: list[Guarded] = []
+        accepted: list[tuple[Item, RunStart, list[DecodedEvent]]] = []
         for item in fresh:
             behind = queues.blocking(item)
             if behind is not None and not self.is_cancelled(item.command_id):
@@ -271,28 +294,30 @@ class BatchProcessor:
                 stored.append(stored_event(aggregate_id, version, event, now, meta))
             if isinstance(outcome, RunStart):
                 # Its outcome is the run's to record; the run row commits with its acceptance.
-                runs.append(
-                    run_row(
-                        self.store.context,
-                        item.command_id,
-                        item.type,
-                        outcome.run_id,
-                        accepted_at=now,
-                        max_wall_s=outcome.max_wall_s,
-                        max_tokens=outcome.max_tokens,
-                    )
-                )
+                history = [
+                    DecodedEvent(event=event, occurred_at=now, meta=meta.as_dict())
+                    for aggregate_id, _, event in events
+                    if aggregate_id == outcome.run_id
+                ]
+                accepted.append((item, outcome, history))
                 report.count(item, "accepted")
                 continue
             stored.append(
                 stored_event(command_aggregate_id(item.command_id), 1, outcome, now, meta)
             )
             report.count(item, "succeeded" if isinstance(outcome, CommandSucceeded) else "rejected")
+        runs, adopted = self._run_rows(accepted, now)
         if stored or runs:
             started = time.time_ns()
             due = streams.snapshots_due(self.store.snapshot_every)
             if runs:
-                self._append_with_runs(stored, due, runs)
+                try:
+                    self._append_with_runs(stored, due, runs)
+                except BaseException:
+                    if self.runs is not None and adopted:
+                        self.runs.unreserve(len(adopted))
+                    raise
+                report.adopted.extend(adopted)
             elif due:
                 self.store.append(stored, due)
             else:
@@ -303,6 +328,44 @@ class BatchProcessor:
                     report.appends[item.command_id] = (started, ended)
         report.appended_events = len(stored)
         return report
+
+    def _run_rows(
+        self, accepted: list[tuple[Item, RunStart, list[DecodedEvent]]], now: datetime
+    ) -> tuple[list[Guarded], list[Adopted]]:
+        """The run rows of the runs accepted, claimed by this worker for as many new ones as it
+        has room for (a redelivered run, accepted before, is left to the claim)."""
+        new = [a for a in accepted if a[2]]
+        room = self.runs.reserve(len(new)) if self.runs is not None and new else 0
+        claimed = {item.command_id for item, _, _ in new[:room]}
+        rows: list[Guarded] = []
+        adopted: list[Adopted] = []
+        for item, start, history in accepted:
+            own = item.command_id in claimed and self.runs is not None
+            row = run_row(
+                self.store.context,
+                item.command_id,
+                item.type,
+                start.run_id,
+                accepted_at=now,
+                max_wall_s=start.max_wall_s,
+                max_tokens=start.max_tokens,
+                owner=self.runs.owner if own and self.runs else None,
+                lease_s=self.runs.lease_s if self.runs else 0.0,
+            )
+            rows.append(row)
+            if own:
+                deadline = now + timedelta(seconds=start.max_wall_s) if start.max_wall_s else None
+                claim = Claim(
+                    command_id=item.command_id,
+                    run_id=start.run_id,
+                    command_type=item.type,
+                    attempt=1,
+                    accepted_at=now,
+                    deadline_at=deadline,
+                    max_tokens=start.max_tokens,
+                )
+                adopted.append(Adopted(claim, history))
+        return rows, adopted
 
     def _append_with_runs(
         self, stored: list[StoredEvent], due: list[StoredEvent], runs: list[Guarded]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from events.base import Command
     from events.envelope import Envelope
     from events.outcomes import RejectionCode
+    from infra.runs import Adopted
 
 
 class ConcurrencyConflictError(RuntimeError):
@@ -109,6 +110,8 @@ class BatchReport:
     """Long-running commands accepted as runs (their outcome comes when the run ends)."""
     runs: list[uuid.UUID] = field(default_factory=list)
     """The command ids of those runs, in order."""
+    adopted: list[Adopted] = field(default_factory=list)
+    """Those of them this worker claimed as it accepted them (it starts them itself)."""
     splits: int = 0
     appended_events: int = 0
     outcomes: dict[uuid.UUID, str] = field(default_factory=dict)
@@ -139,6 +142,7 @@ class BatchReport:
         self.duplicates += other.duplicates
         self.accepted += other.accepted
         self.runs.extend(other.runs)
+        self.adopted.extend(other.adopted)
         self.splits += other.splits
         self.appended_events += other.appended_events
         self.outcomes.update(other.outcomes)

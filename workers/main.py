@@ -18,8 +18,7 @@ from workers.runs import RunSupervisor
 from workers.wiring import include_context, with_retry_path
 
 if TYPE_CHECKING:
-    import uuid
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from infra.settings import Settings
     from workers.plugins import WorkerContext
@@ -112,7 +111,7 @@ def build_worker(
                 kafka_bootstrap=kafka_bootstrap,
                 cancels=cancels,
                 actors=actors,
-                on_runs=_waker(supervisor) if supervisor else None,
+                runs=supervisor,
             )
         )
         log.info("worker subscribed to context %s (and its retry topic)", context)
@@ -123,16 +122,6 @@ def build_worker(
     if supervisors:
         _with_runs(app, supervisors, settings)
     return Worker(broker=broker, app=app, stores=stores, supervisors=supervisors)
-
-
-def _waker(supervisor: RunSupervisor) -> Callable[[list[uuid.UUID]], None]:
-    """What a batch calls once it accepted runs: the claim takes the oldest free runs, these
-    first, without naming them."""
-
-    def wake(_accepted: list[uuid.UUID]) -> None:
-        supervisor.wake()
-
-    return wake
 
 
 def _with_runs(app: FastStream, supervisors: list[RunSupervisor], settings: Settings) -> None:

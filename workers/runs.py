@@ -2,10 +2,12 @@
 
 The batch worker accepts such a command durably (its acceptance event and a ``runs`` row in one
 transaction) and moves on, so a 30-second generation never holds up the commands behind it.
-Each worker's ``RunSupervisor`` claims runs (its own at once, others' once their lease has
-expired), executes them as asyncio tasks under a concurrency limit, renews their leases, and
-records each one's outcome in one transaction fenced by the lease: exactly one outcome per
-command, whichever worker is killed when. A worker that takes a run over gives its handler the
+Each worker's ``RunSupervisor`` claims runs (its own at once: in the very transaction that
+accepts them when it has room, so that they start from what that transaction wrote; others'
+once their lease has expired), executes them as asyncio tasks under a concurrency limit,
+renews their leases, and records each one's outcome in one transaction fenced by the lease
+(the outcomes of runs that end together share one): exactly one outcome per command, whichever
+worker is killed when. A worker that takes a run over gives its handler the
 run's history (step events) and what the earlier attempt streamed, so it resumes from there.
 
 On stop, the supervisor claims nothing more, lets runs finish for ``run_handover_s``, then stops
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import DecodedEvent, EventMeta
 from infra.coalesce import Coalescer
 from infra.eventstore import FenceError, Guarded, stored_event
-from infra.runs import Claim, RunLeases
+from infra.runs import Adopted, Claim, RunLeases
 from telemetry import logs
 from telemetry.metrics import RUNS, RUNS_RUNNING
 from telemetry.tracing import extract, tracer
@@ -186,6 +189,9 @@ class RunSupervisor:
         """Every run task, from its claim to its end (``running`` has those that loaded)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._appends: Coalescer[_Append, None] = Coalescer(self._append_batch, max_batch=256)
+        self._reserved = 0
+        """Room promised to batches for runs they accept (``reserve``), until adopted."""
+        self._room = threading.Lock()
 
     @property
     def context(self) -> str:
@@ -203,6 +209,42 @@ class RunSupervisor:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
+
+    def reserve(self, n: int) -> int:
+        """Room for up to ``n`` runs a batch is accepting, which it claims for this worker in
+        its transaction (from the batch's thread); 0 when stopping or full."""
+        with self._room:
+            if self._stopping or self._loop is None:
+                return 0
+            free = self.concurrency - len(self._inflight) - self._reserved
+            taken = max(0, min(n, free))
+            self._reserved += taken
+            return taken
+
+    def unreserve(self, n: int) -> None:
+        """The batch that reserved ``n`` did not commit."""
+        with self._room:
+            self._reserved -= n
+
+    def adopt(self, runs: list[Adopted]) -> None:
+        """Start runs a batch claimed for this worker as it accepted them, once it committed
+        (from the batch's thread): no claim, no load, their history is what it wrote."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # the leases expire; any worker takes them over
+        loop.call_soon_threadsafe(self._adopt, runs)
+
+    def _adopt(self, runs: list[Adopted]) -> None:
+        with self._room:
+            self._reserved -= len(runs)
+        if self._stopping:
+            ids = [r.claim.command_id for r in runs]
+            task = asyncio.create_task(asyncio.to_thread(self.leases.release, ids))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            return
+        for run in runs:
+            self._start(run.claim, run.history)
 
     async def stop(self) -> None:
         """Claim nothing more; let runs finish for ``handover_s``; hand the rest back."""
@@ -242,7 +284,8 @@ class RunSupervisor:
                 await asyncio.sleep(self.poll_s)
 
     async def _claim(self) -> None:
-        free = self.concurrency - len(self._inflight)
+        with self._room:
+            free = self.concurrency - len(self._inflight) - self._reserved
         if free <= 0:
             return
         claims = await asyncio.to_thread(self.leases.claim, free, self.lease_s)
@@ -253,12 +296,15 @@ class RunSupervisor:
             self.store.load_decoded_many, [c.run_id for c in claims]
         )
         for claim in claims:
-            run = self._execute(claim, histories.get(claim.run_id, []))
-            task = asyncio.create_task(run, name=f"run-{claim.command_id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            self._start(claim, histories.get(claim.run_id, []))
         if len(claims) == free:
             self._wake.set()  # maybe more waiting
+
+    def _start(self, claim: Claim, history: list[DecodedEvent]) -> None:
+        run = self._execute(claim, history)
+        task = asyncio.create_task(run, name=f"run-{claim.command_id}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _renew_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import asyncio
 import functools
 from typing import TYPE_CHECKING
 
-from workers.batch import BatchProcessor
+from workers.batch import BatchProcessor, RunIntake
 from workers.command_log import mark_started
 from workers.jobs import Policies
 from workers.parking import Parking
@@ -18,7 +18,6 @@ from workers.retry import retry_router
 from workers.subscriber import command_router
 
 if TYPE_CHECKING:
-    import uuid
     from collections.abc import Callable
 
     from faststream import FastStream
@@ -41,7 +40,7 @@ def include_context(
     kafka_bootstrap: str,
     cancels: CancelWatcher,
     actors: Callable[[Envelope, Command], None] | None = None,
-    on_runs: Callable[[list[uuid.UUID]], None] | None = None,
+    runs: RunIntake | None = None,
 ) -> RetryDispatcher:
     """Subscribe ``broker`` to a context's command topic and its retry topic."""
     context = store.context
@@ -54,7 +53,7 @@ def include_context(
         policies=Policies(settings),
         is_cancelled=cancels.is_cancelled,
         actors=actors,
-        on_runs=on_runs,
+        runs=runs,
     )
     dispatcher = RetryDispatcher(
         context,
