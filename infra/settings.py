@@ -119,13 +119,16 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="a run's wall-time budget unless its command sets one"
     )
     run_batch_timeout_ms: int = Field(
-        default=5,
+        default=2,
         ge=1,
         description="UAIT_WORKER_BATCH_TIMEOUT_MS for the command topics of contexts with"
         " long-running commands (few commands, each waited for by a client)",
     )
     run_fetch_max_wait_ms: int = Field(
-        default=20, ge=1, description="UAIT_WORKER_FETCH_MAX_WAIT_MS for those topics"
+        default=5,
+        ge=1,
+        description="UAIT_WORKER_FETCH_MAX_WAIT_MS for those topics (Tansu answers an empty"
+        " fetch only when this runs out, so it bounds the pick-up; Kafka answers at once)",
     )
     run_handover_s: float = Field(
         default=10.0, ge=0, description="on SIGTERM, how long in-flight runs may finish"
