@@ -10,6 +10,11 @@ renews their leases, and records each one's outcome in one transaction fenced by
 worker is killed when. A worker that takes a run over gives its handler the
 run's history (step events) and what the earlier attempt streamed, so it resumes from there.
 
+A run that succeeds streams its result (a ``done`` entry, with the events it will record) as
+soon as it has it, then records it: a reader of the live stream is answered without waiting for
+that transaction. A worker that takes over a run whose stream holds a ``done`` entry records
+that result and calls nothing: what a reader was told is what is recorded.
+
 On stop, the supervisor claims nothing more, lets runs finish for ``run_handover_s``, then stops
 the rest between two steps and hands their leases back: another worker resumes them at once.
 """
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from eventsourcing.persistence import IntegrityError
 from opentelemetry import trace
 
+from events.base import Event, load
 from events.ids import command_aggregate_id
 from events.outcomes import CommandRejected, CommandSucceeded, RejectionCode
 from events.stored import DecodedEvent, EventMeta
@@ -44,7 +50,6 @@ from telemetry.tracing import extract, tracer
 if TYPE_CHECKING:
     from eventsourcing.persistence import StoredEvent
 
-    from events.base import Event
     from infra.cancel import CancelWatcher
     from infra.runstreams import Entry, RunStreams
     from workers.aggregate_store import AggregateStore
@@ -342,7 +347,7 @@ class RunSupervisor:
             )
             try:
                 with trace.use_span(span, end_on_exit=True):
-                    result = await self.handler.run(context)
+                    result = await self._done_before(context) or await self.handler.run(context)
             except RunLostError:
                 return
             except Exception as exc:
@@ -357,6 +362,10 @@ class RunSupervisor:
                 )
             if context.stop in ("handover", "lost"):
                 return  # not ours to finish
+            if self.streams is not None and result.rejected is None:
+                # Readers have the result now; the record follows (and is what they were told,
+                # even if this worker dies before it: see ``_done_before``).
+                self.streams.enqueue(claim.command_id, [(DONE, _done_entry(result))])
             with contextlib.suppress(RunLostError):
                 await self.record(context, result.events, outcome=result)
                 RUNS.labels(self.context, result.rejected or "succeeded").inc()
@@ -414,14 +423,28 @@ class RunSupervisor:
             DecodedEvent(event=e, occurred_at=now, meta=context.meta.as_dict()) for e in events
         )
         if outcome is not None and self.streams is not None:
-            final = {"status": "failed" if outcome.rejected else "succeeded", **outcome.final}
-            if outcome.rejected:
-                final.setdefault("code", outcome.rejected)
-                final.setdefault("reason", outcome.detail)
             try:
-                await self.streams.finish(claim.command_id, final)
+                await self.streams.finish(claim.command_id, _final(outcome))
             except Exception as exc:
                 log.warning("run %s: final stream entry not written: %s", claim.command_id, exc)
+
+    async def _done_before(self, context: RunContext) -> RunResult | None:
+        """The result an earlier attempt streamed as ``done`` but did not record (it died in
+        between), to record as it is; None when there is none."""
+        if self.streams is None or context.claim.attempt <= 1:
+            return None
+        done = next((e for e in await context.streamed() if e.kind == DONE), None)
+        if done is None:
+            return None
+        log.info("run %s: recording the result attempt %d streamed", context.command_id,
+                 context.claim.attempt - 1)  # fmt: skip
+        events = []
+        for raw in done.data.get("events", ()):
+            event = load(raw["type"], int(raw["v"]), raw["data"])
+            assert isinstance(event, Event), raw["type"]
+            events.append(event)
+        final = {k: v for k, v in done.data.get("final", {}).items() if k != "status"}
+        return RunResult(events=events, detail=str(done.data.get("detail", "")), final=final)
 
     async def _append_batch(self, items: list[_Append]) -> list[BaseException | None]:
         """The records of every run that queued meanwhile, in one transaction (they would take
@@ -455,6 +478,26 @@ class _Append:
 
     events: list[StoredEvent]
     guarded: list[Guarded]
+
+
+DONE = "done"
+"""The live-stream entry of a run's result before it is recorded."""
+
+
+def _final(outcome: RunResult) -> dict[str, Any]:
+    """What the final entry (and a ``done`` one) tells readers of the outcome."""
+    final = {"status": "failed" if outcome.rejected else "succeeded", **outcome.final}
+    if outcome.rejected:
+        final.setdefault("code", outcome.rejected)
+        final.setdefault("reason", outcome.detail)
+    return final
+
+
+def _done_entry(result: RunResult) -> dict[str, Any]:
+    """The ``done`` entry: what readers are told, and what a worker taking over records."""
+    events = [{"type": e.TYPE, "v": e.VERSION, "data": e.model_dump(mode="json")}
+              for e in result.events]  # fmt: skip
+    return {"final": _final(result), "detail": result.detail, "events": events}
 
 
 def _versions(context: RunContext, events: list[Event]) -> list[tuple[int, Event]]:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator
 
+    from infra.runstreams import Entry
+
 
 log = logging.getLogger("uait.ingress")
 
@@ -281,8 +283,9 @@ async def _final(d: Deps, command_id: uuid.UUID) -> dict[str, Any]:
     async for page in follow(d, command_id):
         if isinstance(page, dict):
             return _from_outcome(page)
-        if page is not None and page[-1].kind == "final":
-            return page[-1].data
+        for entry in page or ():
+            if (final := _result_of(entry)) is not None:
+                return final
     raise RedisError("the stream ended without a result")
 
 
@@ -366,15 +369,29 @@ async def _sse(
             elif isinstance(page, dict):
                 yield ending(_from_outcome(page))
             else:
-                # What one read brought, in one write (many tokens when this reader fell behind).
-                yield b"".join(
-                    token(e.data["text"]) if e.kind == "token" else ending(e.data)
-                    for e in page
-                    if e.kind in ("token", "final")
-                )
+                # What one read brought, in one write (many tokens when this reader fell behind);
+                # the result ends it, as soon as it is known (``done``, before it is recorded).
+                out = []
+                final: dict[str, Any] | None = None
+                for entry in page:
+                    if entry.kind == "token":
+                        out.append(token(entry.data["text"]))
+                    elif (final := _result_of(entry)) is not None:
+                        out.append(ending(final))
+                        break
+                yield b"".join(out)
+                if final is not None:
+                    break
     except RedisError as exc:
         yield event(error_body(503, f"live stream unavailable: {exc}"))
     yield b"data: [DONE]\n\n"
+
+
+def _result_of(entry: Entry) -> dict[str, Any] | None:
+    """The result an entry carries: a run's ``done`` (known, being recorded) or ``final``."""
+    if entry.kind == "done":
+        return dict(entry.data["final"])
+    return entry.data if entry.kind == "final" else None
 
 
 def _message(exc: Exception) -> str:

@@ -117,7 +117,8 @@ async def stream_command(
 ) -> Any:
     """The live output of a long-running command (tokens, progress, coarse steps) as
     Server-Sent Events: each event's `id` is its place in the stream, `event` its kind
-    (`token`, `progress`, `step`, ...; `final` last, with the result), `data` its JSON. Send
+    (`token`, `progress`, `step`, ...; `done` with the result as soon as a run has it, then
+    `final` last, once the result is recorded), `data` its JSON. Send
     `Last-Event-ID` to resume after a reconnect: you get what you missed. A command that ended
     without a stream (rejected before it ran) gets one `final` event with its outcome."""
     row = await d.queries.command(command_id, actor=None if who.is_admin else own(who))
