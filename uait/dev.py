@@ -1,6 +1,7 @@
 """``uait dev``: the embedded stack, a worker, the projection runner, the relay and the ingress in
-one command. Ctrl-C stops everything, within stated bounds: each process gets SIGTERM and its
-drain deadline, then SIGKILL (a second Ctrl-C kills at once); the log names the step each needed.
+one command. Ctrl-C (or a SIGTERM to this process alone) stops everything, within stated
+bounds: each process gets SIGTERM and its drain deadline, then SIGKILL (a second Ctrl-C kills at
+once); the log names the step each needed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def dev(
     from infra.stack import EmbeddedStack
 
     setup_logging(fmt="text")
+    # A SIGTERM (a process manager, `kill`) stops it the way Ctrl-C does: children first.
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = load_settings()
     port = port if port is not None else settings.http_port
     with EmbeddedStack(settings) as endpoints:
@@ -83,6 +86,10 @@ def dev(
             console.print(f"stopping (at most {bound:.0f} s; Ctrl-C again kills at once)…")
         finally:
             _stop(children)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _default_model(settings: Settings) -> str:

@@ -26,7 +26,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_uait_dev_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_uait_dev_serves_the_api_and_ctrl_c_or_sigterm_stops_every_process(tmp_path, stop):
     port = free_port()
     env = {
         k: v
@@ -102,8 +103,10 @@ def test_uait_dev_serves_the_api_and_ctrl_c_stops_every_process(tmp_path):
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
-        # Ctrl-C in a terminal signals the whole process group.
-        os.killpg(dev.pid, signal.SIGINT)
+        if stop == "ctrl-c":  # Ctrl-C in a terminal signals the whole process group
+            os.killpg(dev.pid, signal.SIGINT)
+        else:  # a process manager signals uait dev alone: it must not leave its children behind
+            dev.send_signal(signal.SIGTERM)
         assert dev.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=20)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
