@@ -268,10 +268,6 @@ class EventStore:
                 )
         return streams
 
-    def load_decoded(self, aggregate_id: uuid.UUID) -> list[DecodedEvent]:
-        """One aggregate's history with each event's time and meta, in order."""
-        return self.load_decoded_many([aggregate_id]).get(aggregate_id, [])
-
     def load_decoded_many(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[DecodedEvent]]:
         """Many aggregates' histories with each event's time and meta, in one query."""
         histories: dict[uuid.UUID, list[DecodedEvent]] = defaultdict(list)

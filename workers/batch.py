@@ -334,13 +334,14 @@ class BatchProcessor:
     ) -> tuple[list[Guarded], list[Adopted]]:
         """The run rows of the runs accepted, claimed by this worker for as many new ones as it
         has room for (a redelivered run, accepted before, is left to the claim)."""
-        new = [a for a in accepted if a[2]]
-        room = self.runs.reserve(len(new)) if self.runs is not None and new else 0
-        claimed = {item.command_id for item, _, _ in new[:room]}
+        intake = self.runs
+        new = [item.command_id for item, _, history in accepted if history]
+        room = intake.reserve(len(new)) if intake is not None and new else 0
+        claimed = set(new[:room])
         rows: list[Guarded] = []
         adopted: list[Adopted] = []
         for item, start, history in accepted:
-            own = item.command_id in claimed and self.runs is not None
+            owner = intake.owner if intake is not None and item.command_id in claimed else None
             row = run_row(
                 self.store.context,
                 item.command_id,
@@ -349,11 +350,11 @@ class BatchProcessor:
                 accepted_at=now,
                 max_wall_s=start.max_wall_s,
                 max_tokens=start.max_tokens,
-                owner=self.runs.owner if own and self.runs else None,
-                lease_s=self.runs.lease_s if self.runs else 0.0,
+                owner=owner,
+                lease_s=intake.lease_s if intake is not None else 0.0,
             )
             rows.append(row)
-            if own:
+            if owner is not None:
                 deadline = now + timedelta(seconds=start.max_wall_s) if start.max_wall_s else None
                 claim = Claim(
                     command_id=item.command_id,

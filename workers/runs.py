@@ -101,6 +101,7 @@ class RunContext:
         self.history = history
         self._supervisor = supervisor
         self.stop: StopReason | None = None
+        self._streamed: list[Entry] | None = None
         self.tokens = 0
         self.started = time.monotonic()
         first = history[0].meta if history else {}
@@ -145,11 +146,13 @@ class RunContext:
         await streams.append(self.claim.command_id, entries)
 
     async def streamed(self) -> list[Entry]:
-        """What earlier attempts of this run streamed (empty on its first attempt)."""
+        """What earlier attempts of this run streamed (empty on its first attempt), read once."""
         streams = self._supervisor.streams
         if streams is None or self.claim.attempt <= 1:
             return []
-        return await streams.history(self.claim.command_id)
+        if self._streamed is None:
+            self._streamed = await streams.history(self.claim.command_id)
+        return self._streamed
 
     async def record_step(self, events: list[Event]) -> None:
         """Record coarse steps on the run's aggregate now (fenced by the lease)."""
@@ -345,9 +348,11 @@ class RunSupervisor:
                     "uait.context": self.context,
                 },
             )
+            recovered: RunResult | None = None
             try:
                 with trace.use_span(span, end_on_exit=True):
-                    result = await self._done_before(context) or await self.handler.run(context)
+                    recovered = await self._done_before(context)
+                    result = recovered or await self.handler.run(context)
             except RunLostError:
                 return
             except Exception as exc:
@@ -362,7 +367,7 @@ class RunSupervisor:
                 )
             if context.stop in ("handover", "lost"):
                 return  # not ours to finish
-            if self.streams is not None and result.rejected is None:
+            if self.streams is not None and result.rejected is None and recovered is None:
                 # Readers have the result now; the record follows (and is what they were told,
                 # even if this worker dies before it: see ``_done_before``).
                 self.streams.enqueue(claim.command_id, [(DONE, _done_entry(result))])
@@ -436,8 +441,7 @@ class RunSupervisor:
         done = next((e for e in await context.streamed() if e.kind == DONE), None)
         if done is None:
             return None
-        log.info("run %s: recording the result attempt %d streamed", context.command_id,
-                 context.claim.attempt - 1)  # fmt: skip
+        log.info("run %s: recording the result an earlier attempt streamed", context.command_id)
         events = []
         for raw in done.data.get("events", ()):
             event = load(raw["type"], int(raw["v"]), raw["data"])
@@ -495,8 +499,9 @@ def _final(outcome: RunResult) -> dict[str, Any]:
 
 def _done_entry(result: RunResult) -> dict[str, Any]:
     """The ``done`` entry: what readers are told, and what a worker taking over records."""
-    events = [{"type": e.TYPE, "v": e.VERSION, "data": e.model_dump(mode="json")}
-              for e in result.events]  # fmt: skip
+    events = [
+        {"type": e.TYPE, "v": e.VERSION, "data": e.model_dump(mode="json")} for e in result.events
+    ]
     return {"final": _final(result), "detail": result.detail, "events": events}
 
 

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from infra.runstreams import Entry
 
-
 log = logging.getLogger("uait.ingress")
 
 router = APIRouter(prefix="/v1", tags=["inference"], responses=openai_responses(*OPENAI_ERRORS))
@@ -390,7 +389,7 @@ async def _sse(
 def _result_of(entry: Entry) -> dict[str, Any] | None:
     """The result an entry carries: a run's ``done`` (known, being recorded) or ``final``."""
     if entry.kind == "done":
-        return dict(entry.data["final"])
+        return entry.data["final"]  # type: ignore[no-any-return]
     return entry.data if entry.kind == "final" else None
 
 

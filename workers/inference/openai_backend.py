@@ -290,8 +290,8 @@ class OpenAICompatibleBackend:
         deadline = asyncio.get_running_loop().time() + self.total_timeout_s
         try:
             async with self._guard():
-                status, raw = await self._call("POST", "/embeddings", deadline,
-                                               {"model": source, "input": texts})  # fmt: skip
+                request = {"model": source, "input": texts}
+                status, raw = await self._call("POST", "/embeddings", deadline, request)
                 if status >= 500 or status in (408, 429):
                     raise BackendError(f"{self.endpoint}: HTTP {status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
