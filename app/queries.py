@@ -46,6 +46,13 @@ class ReadModel:
             rows: list[dict[str, Any]] = await cur.fetchall()
             return rows
 
+    async def all_named(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql.encode(), params)
+            rows: list[dict[str, Any]] = await cur.fetchall()
+            return rows
+
     async def one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         rows = await self.all(sql, params)
         return rows[0] if rows else None

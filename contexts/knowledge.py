@@ -8,6 +8,7 @@ from app.knowledge.plugin import HTTP
 from contexts.base import Context, declared_in
 from events.base import Command, Event
 from events.knowledge import commands, events
+from infra.embeddings import embedder_for
 from projections.knowledge.cache_invalidation import CacheInvalidation
 from projections.knowledge.documents import DocumentsProjection
 from workers.knowledge.handlers import KnowledgeDecider
@@ -23,6 +24,7 @@ def _decider(settings: Settings) -> KnowledgeDecider:
         max_text_bytes=settings.max_text_bytes,
         chunk_size=settings.chunk_size,
         chunk_overlap=settings.chunk_overlap,
+        embedder=embedder_for(settings),
     )
 
 
@@ -32,7 +34,7 @@ def _read_models(access: AccessPolicy) -> list[Projection]:
 
 CONTEXT = Context(
     name=commands.KnowledgeCommand.CONTEXT,
-    summary="Documents, chunking and full-text search.",
+    summary="Documents, chunking, embeddings and hybrid (full-text and vector) search.",
     commands=declared_in(commands, Command),
     events=declared_in(events, Event),
     record_key="the command's `document_id`",

@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     max_text_bytes: int = Field(default=512 * KIB, ge=1)
     chunk_size: int = Field(default=1200, ge=64, description="target chunk length, characters")
     chunk_overlap: int = Field(default=150, ge=0, description="characters shared by neighbours")
+    embedder: Literal["minilm", "none"] = Field(
+        default="minilm",
+        description="what embeds chunks and queries: minilm (all-MiniLM-L6-v2 on the CPU,"
+        " the 'ai' extra) or none (full-text search only)",
+    )
+    embed_threads: int = Field(
+        default=0, ge=0, description="threads of the local embedder (0: one per core, up to 8)"
+    )
+    embed_batch: int = Field(default=32, ge=1, le=1024, description="texts per embedder call")
+    vector_ef_search: int = Field(
+        default=100, ge=10, le=1000, description="HNSW candidate list per vector search"
+    )
+    search_candidates: int = Field(
+        default=50, ge=10, le=1000, description="chunks each mode proposes to hybrid fusion"
+    )
 
     # Workers
     worker_batch_size: int = Field(default=500, ge=1, le=10_000)

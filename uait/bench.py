@@ -32,6 +32,31 @@ def bench_pipeline(
     )
 
 
+@app.command("embed")
+def bench_embed(
+    sentences: Annotated[int, typer.Option(min=1, help="sentences per round")] = 1000,
+    chunks: Annotated[int, typer.Option(min=1, help="1,200-character chunks per round")] = 300,
+    rounds: Annotated[int, typer.Option(min=1, help="alternating rounds; medians")] = 3,
+    batch: Annotated[int, typer.Option(min=1, help="texts per model call")] = 32,
+    threads: Annotated[int, typer.Option(min=0, help="threads (0: one per core)")] = 0,
+    baseline_python: Annotated[
+        str, typer.Option(help="a Python with torch and transformers, for the baseline")
+    ] = "",
+) -> None:
+    """The local embedder (all-MiniLM-L6-v2 on onnxruntime) against torch on the same texts."""
+    from bench.embed import main as run_bench
+
+    setup_logging("WARNING", fmt="text")
+    run_bench(
+        sentences=sentences,
+        chunks=chunks,
+        rounds=rounds,
+        batch=batch,
+        threads=threads,
+        baseline=baseline_python,
+    )
+
+
 @app.command("retry")
 def bench_retry(
     commands: Annotated[int, typer.Option(help="documents per round and path")] = 5000,

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from infra.eventstore import Guarded
     from workers.aggregate_store import AggregateStore
-    from workers.decisions import AggregateT, Decider
+    from workers.decisions import AggregateT, Decider, Streams
     from workers.parking import Parking
 
 log = logging.getLogger("uait.worker")
@@ -152,6 +152,10 @@ class BatchProcessor:
         """Raises ActorRejectedError for a command whose actor cannot be verified."""
         self.store = store
         self.decider = decider
+        self._prepare: Callable[[list[Command], Streams], None] | None = getattr(
+            decider, "prepare", None
+        )
+        """A decider's optional look at a whole batch before its decisions (``Preparing``)."""
         self.conflict_retries = conflict_retries
         self.clock = clock
         self.on_started = on_started
@@ -270,6 +274,8 @@ class BatchProcessor:
             self._release(outcome_ids[oid], queues, report)
         stream_ids = {sid for i in fresh if i.command for sid in self.decider.stream_ids(i.command)}
         streams = _StreamCache(self.store.load_latest(sorted(stream_ids)))
+        if self._prepare is not None:
+            self._prepare([i.command for i in fresh if i.command is not None], streams)
         now = self.clock()
         stored: list[StoredEvent] = []
         accepted: list[tuple[Item, RunStart, list[DecodedEvent]]] = []

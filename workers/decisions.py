@@ -10,6 +10,7 @@ from workers.aggregate import Aggregate
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Sequence
 
     from events.base import Command
 
@@ -58,3 +59,10 @@ class Decider(Protocol):
     def decide(self, command: Command, streams: Streams) -> Verdict:
         """Record events on aggregates from ``streams``; raise DomainRuleError to reject."""
         ...
+
+
+class Preparing(Decider, Protocol):
+    """A decider that looks at a batch's commands before deciding them one by one (to batch an
+    external call across them). A failure there is its own to absorb: the decisions still run."""
+
+    def prepare(self, commands: Sequence[Command], streams: Streams) -> None: ...

@@ -21,6 +21,8 @@ from projections.knowledge.cache_invalidation import COLLECTION, bucket, generat
 from projections.knowledge.documents import DocumentsProjection
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from app.cache.service import Cache
     from app.knowledge.queries import DocumentQueries
     from app.positions import PositionWatcher
@@ -89,17 +91,36 @@ class CachedQueries:
         )
         return value
 
-    async def search(self, q: str, limit: int) -> list[dict[str, Any]]:
-        async def load() -> Any:
-            return jsonable_encoder(await self.queries.search(q, limit))
+    async def search(
+        self, parts: tuple[Any, ...], load: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """A search's answer, by everything that shapes it (``parts``). An answer that fell
+        back to text mode is not kept: the next search tries the embedder again."""
 
-        digest = hashlib.sha256(q.encode()).hexdigest()[:32]
-        key = f"v{self.version()}:{limit}:{digest}"
-        value: list[dict[str, Any]] = await self.searches.fetch(
-            key, load, generation=(self.generations, COLLECTION)
-        )
+        async def fetch() -> Any:
+            answer = jsonable_encoder(await load())
+            if "fallback" in answer:
+                raise _FellBackError(answer)
+            return answer
+
+        digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+        key = f"v{self.version()}:{digest}"
+        try:
+            value: dict[str, Any] = await self.searches.fetch(
+                key, fetch, generation=(self.generations, COLLECTION)
+            )
+        except _FellBackError as exc:
+            return exc.answer
         return value
 
     async def close(self) -> None:
         for cache in (self.documents, self.listings, self.searches):
             await cache.close()
+
+
+class _FellBackError(Exception):
+    """Carries an answer that must not be cached past the loader."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("fell back to text mode")
+        self.answer = answer

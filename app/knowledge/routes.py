@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.auth.principal import Principal, require
 from app.commanding import submit
 from app.deps import Deps, deps
+from app.knowledge.queries import Filters
+from app.knowledge.search import Mode
 from app.knowledge.state import knowledge
 from app.lanes import lane
 from app.problems import V1_PROBLEMS, V1_WRITE_PROBLEMS, ProblemError, problem_responses
@@ -198,16 +201,43 @@ async def search(
     d: Annotated[Deps, Depends(deps)],
     who: Reader,
     q: Annotated[str, Query(min_length=1, max_length=1000, pattern=NO_CONTROL_CHARACTERS)],
+    mode: Annotated[
+        Mode,
+        Query(
+            description="hybrid: full-text and vector candidates fused by reciprocal rank;"
+            " vector: nearest chunks by cosine similarity; text: full-text rank"
+        ),
+    ] = "hybrid",
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    source: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL_CHARACTERS)] = None,
+    tag: Annotated[list[Tag] | None, Query(max_length=10, description="every one given")] = None,
+    document_id: Annotated[
+        list[DocumentId] | None, Query(max_length=100, description="any one given")
+    ] = None,
+    since: Annotated[datetime | None, Query(description="last version at or after")] = None,
+    until: Annotated[datetime | None, Query(description="last version before")] = None,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:
-    """Full-text search over chunks; the best chunk per document, with a highlighted snippet."""
+    """Search the chunks: the best chunk per document, with its citation (document, version,
+    chunk index, character offsets), its scores (text, vector, fused) and a highlighted
+    snippet. A vector or hybrid search answers in text mode when the embedder cannot run, and
+    says so in ``fallback``."""
     await read_model_at(d, after)
+    filters = Filters(
+        source=source,
+        tags=tuple(sorted(set(tag or ()))),
+        documents=tuple(sorted(set(document_id or ()))),
+        since=since,
+        until=until,
+    )
+    searcher = knowledge(d).searcher
+
+    async def load() -> dict[str, Any]:
+        return await searcher.search(q, mode, limit, filters)
+
     if (cached := _cache(d, after, "search")) is not None:
-        results = await cached.search(q, limit)
-    else:
-        results = jsonable_encoder(await knowledge(d).queries.search(q, limit))
-    return {"query": q, "results": results}
+        return await cached.search((q, mode, limit, filters.key()), load)
+    return jsonable_encoder(await load())
 
 
 def _cache(d: Deps, after: int | None, kind: str) -> CachedQueries | None:

@@ -1,7 +1,11 @@
-"""The ``documents`` and ``chunks`` read models, with full-text search.
+"""The ``documents``, ``chunks`` and ``chunk_vectors`` read models: full-text and vector search.
 
 Chunks carry the document title, so the search vector weights the title (A) above the body (B)
-and a hit can be ranked and highlighted per chunk.
+and a hit can be ranked and highlighted per chunk. ``chunk_vectors`` holds the vectors the
+events carry (pgvector ``halfvec``, HNSW on cosine distance) with the document's source, tags and
+time beside them, so a filtered vector search needs no join; a rebuild reproduces it from the
+events without calling a model. The three tables change in one transaction: a search never sees
+a version's text without its vectors.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from events.knowledge.events import DocumentDeleted, DocumentIngested
 from projections.knowledge import documents_bulk
+from projections.knowledge.vector_rows import require_pgvector, vector_rows
 
 if TYPE_CHECKING:
     from psycopg import Cursor
@@ -46,9 +51,26 @@ CREATE TABLE IF NOT EXISTS chunks (
     ) STORED,
     PRIMARY KEY (document_id, chunk_index)
 );
+CREATE TABLE IF NOT EXISTS chunk_vectors (
+    document_id  text NOT NULL,
+    chunk_index  integer NOT NULL,
+    version      integer NOT NULL,
+    model        text NOT NULL,
+    source       text NOT NULL,
+    tags         text[] NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    embedding    halfvec(384) NOT NULL,
+    PRIMARY KEY (document_id, chunk_index)
+);
 """
-# Built after the bulk load of a rebuild: one GIN build is far cheaper than row-by-row inserts.
-INDEXES = "CREATE INDEX IF NOT EXISTS chunks_search_idx ON chunks USING gin (search);"
+# Built after the bulk load of a rebuild: one GIN or HNSW build is far cheaper than row-by-row
+# inserts into the index.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS chunks_search_idx ON chunks USING gin (search);
+CREATE INDEX IF NOT EXISTS chunk_vectors_hnsw_idx ON chunk_vectors
+    USING hnsw (embedding halfvec_cosine_ops);
+"""
+VECTOR_COLUMNS = "document_id, chunk_index, version, model, source, tags, updated_at, embedding"
 
 COLUMNS = (
     "document_id, aggregate_id, version, title, source, tags, text, size_bytes, content_sha256,"
@@ -94,11 +116,12 @@ CHUNK_TYPES = ("text", "int4", "int4", "text", "text", "int4", "int4")
 class DocumentsProjection:
     name: ClassVar[str] = "knowledge.documents"
     context: ClassVar[str] = "knowledge"
-    version: ClassVar[int] = 1
-    tables: ClassVar[tuple[str, ...]] = ("documents", "chunks")
+    version: ClassVar[int] = 2
+    tables: ClassVar[tuple[str, ...]] = ("documents", "chunks", "chunk_vectors")
     topics: ClassVar[frozenset[str]] = frozenset({DocumentIngested.TYPE, DocumentDeleted.TYPE})
 
     def create(self, cur: Cursor[Any], *, indexes: bool = True, bulk: bool = False) -> None:
+        require_pgvector(cur)
         if bulk:
             cur.execute(documents_bulk.STAGING)
             return
@@ -137,6 +160,7 @@ class DocumentsProjection:
         touched = [d for d, state in final.items() if state is None or state[1].version > 1]
         if touched:
             cur.execute("DELETE FROM chunks WHERE document_id = ANY(%s)", (touched,))
+            cur.execute("DELETE FROM chunk_vectors WHERE document_id = ANY(%s)", (touched,))
         gone = list(deleted)
         if gone:
             cur.execute("DELETE FROM documents WHERE document_id = ANY(%s)", (gone,))
@@ -195,5 +219,24 @@ class DocumentsProjection:
                             ev.text[c.start : c.end],
                             c.start,
                             c.end,
+                        )
+                    )
+        with cur.copy(f"COPY chunk_vectors ({VECTOR_COLUMNS}) FROM STDIN") as copy:
+            for doc_id, state in final.items():
+                if state is None or state[1].embedding is None:
+                    continue
+                env, ev = state
+                assert ev.embedding is not None
+                for index, vector in vector_rows(ev):
+                    copy.write_row(
+                        (
+                            doc_id,
+                            index,
+                            ev.version,
+                            ev.embedding.model,
+                            ev.source,
+                            ev.tags,
+                            env.occurred_at,
+                            vector,
                         )
                     )

@@ -8,7 +8,8 @@ builds the tables in three set-based statements that give exactly what ``apply``
 - a document's row is its last event, when that is an ingest (a deletion leaves no row);
 - ``created_at`` is the time of the first ingest after its last deletion (or ever);
 - its chunks are the spans of the last version's text (``substr`` counts characters, as
-  Python slicing does), and their search vectors are computed once, by the generated column.
+  Python slicing does), and their search vectors are computed once, by the generated column;
+- its chunks' embeddings are the last version's (staged in pgvector's text form).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from events.knowledge.events import DocumentDeleted, DocumentIngested
+from projections.knowledge.vector_rows import vector_rows
 
 if TYPE_CHECKING:
     from psycopg import Cursor
@@ -38,7 +40,9 @@ CREATE UNLOGGED TABLE IF NOT EXISTS documents_staged (
     chunk_index    integer[],
     chunk_start    integer[],
     chunk_end      integer[],
-    occurred_at    timestamptz NOT NULL
+    occurred_at    timestamptz NOT NULL,
+    model          text,
+    vectors        text[]
 );
 """
 STAGED_TYPES = (
@@ -57,6 +61,8 @@ STAGED_TYPES = (
     "int4[]",
     "int4[]",
     "timestamptz",
+    "text",
+    "text[]",
 )
 
 FINAL = """
@@ -91,6 +97,13 @@ SELECT f.document_id, c.i, f.version, f.title, substr(f.text, c.s + 1, greatest(
     c.s, c.e
 FROM documents_final f, unnest(f.chunk_index, f.chunk_start, f.chunk_end) AS c(i, s, e)
 """
+VECTORS = """
+INSERT INTO chunk_vectors (document_id, chunk_index, version, model, source, tags, updated_at,
+    embedding)
+SELECT f.document_id, v.i, f.version, f.model, f.source, f.tags, f.occurred_at, v.e::halfvec
+FROM documents_final f, unnest(f.chunk_index, f.vectors) AS v(i, e)
+WHERE f.model IS NOT NULL
+"""
 
 
 def stage(cur: Cursor[Any], batch: list[Envelope]) -> None:
@@ -100,6 +113,7 @@ def stage(cur: Cursor[Any], batch: list[Envelope]) -> None:
             ev = env.event
             if isinstance(ev, DocumentIngested):
                 chunks = ev.chunks
+                vectors = vector_rows(ev)
                 copy.write_row(
                     (
                         env.position,
@@ -117,11 +131,21 @@ def stage(cur: Cursor[Any], batch: list[Envelope]) -> None:
                         [c.start for c in chunks],
                         [c.end for c in chunks],
                         env.occurred_at,
+                        ev.embedding.model if ev.embedding is not None else None,
+                        [v for _, v in vectors] if ev.embedding is not None else None,
                     )
                 )
             elif isinstance(ev, DocumentDeleted):
                 copy.write_row(
-                    (env.position, False, ev.document_id, *(None,) * 11, env.occurred_at)
+                    (
+                        env.position,
+                        False,
+                        ev.document_id,
+                        *(None,) * 11,
+                        env.occurred_at,
+                        None,
+                        None,
+                    )
                 )
 
 
@@ -131,4 +155,5 @@ def build(cur: Cursor[Any]) -> None:
     cur.execute(FINAL)
     cur.execute(DOCUMENTS)
     cur.execute(CHUNKS)
+    cur.execute(VECTORS)
     cur.execute("DROP TABLE documents_staged, documents_final")

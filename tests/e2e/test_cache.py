@@ -148,7 +148,7 @@ def test_a_changed_document_is_served_from_the_cache_within_the_bound_and_a_dele
             metric(ingress.base_url, "uait_cache_lookups_total", cache=DOCUMENT_CACHE, result="hit")
             == hits + 1
         ), "the second read was not a cache hit"
-        found = client.get(SEARCH, params={"q": old_word}).json()["results"]
+        found = client.get(SEARCH, params={"q": old_word, "mode": "text"}).json()["results"]
         assert [r["document_id"] for r in found] == [doc_id]
 
         # A new version: once its row is committed, the cache serves it within the bound.
@@ -156,10 +156,10 @@ def test_a_changed_document_is_served_from_the_cache_within_the_bound_and_a_dele
         took = served_within(lambda: client.get(path).json()["version"] == 2, INVALIDATION_BOUND_S)
         assert client.get(path).json()["title"] == "Second"
         searched = served_within(
-            lambda: client.get(SEARCH, params={"q": old_word}).json()["results"] == [],
+            lambda: client.get(SEARCH, params={"q": old_word, "mode": "text"}).json()["results"] == [],
             INVALIDATION_BOUND_S,
         )
-        found = client.get(SEARCH, params={"q": new_word}).json()["results"]
+        found = client.get(SEARCH, params={"q": new_word, "mode": "text"}).json()["results"]
         assert [r["document_id"] for r in found] == [doc_id]
 
         # Deleted: 404 from the cache too.

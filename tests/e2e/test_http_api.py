@@ -58,8 +58,9 @@ def ingest(api: httpx.Client, body: dict[str, Any], expected: int = 201) -> dict
     return result
 
 
-def search(api: httpx.Client, q: str, after: int) -> list[dict[str, Any]]:
-    response = api.get(SEARCH, params={"q": q, "after": after})
+def search(api: httpx.Client, q: str, after: int, mode: str = "text") -> list[dict[str, Any]]:
+    """Full-text by default: these tests are about words (tests/e2e/test_search.py: vectors)."""
+    response = api.get(SEARCH, params={"q": q, "after": after, "mode": mode})
     assert response.status_code == 200, response.text
     results: list[dict[str, Any]] = response.json()["results"]
     return results

@@ -14,6 +14,7 @@ import pytest
 from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
+from infra.embeddings import LocalMiniLM
 from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database, eventsourcing_env
@@ -50,7 +51,10 @@ def store(database_url: str) -> Iterator[AggregateStore]:
 def write_history(store: AggregateStore, commands: int, seed: int) -> None:
     rng = random.Random(seed)
     processor = BatchProcessor(
-        store, KnowledgeDecider(max_text_bytes=10_000, chunk_size=120, chunk_overlap=20)
+        store,
+        KnowledgeDecider(
+            max_text_bytes=10_000, chunk_size=120, chunk_overlap=20, embedder=LocalMiniLM()
+        ),
     )
     docs = [f"p{seed}-{i}" for i in range(40)]
     records = []

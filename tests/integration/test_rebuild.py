@@ -268,8 +268,8 @@ def test_a_paused_projection_holds_its_position_until_resumed(store):
         thread.join(timeout=10)
 
 
-class DocumentsV2(DocumentsProjection):
-    version = 2
+class DocumentsNext(DocumentsProjection):
+    version = DocumentsProjection.version + 1
 
 
 def test_a_changed_code_version_is_rebuilt_at_start_or_only_flagged(store, caplog):
@@ -279,17 +279,18 @@ def test_a_changed_code_version_is_rebuilt_at_start_or_only_flagged(store, caplo
     first = runner(store, DocumentsProjection())
     first.catch_up()
     check_version(first, rebuild=True)
-    assert read_state(store.datastore, first.projection.name).live_version == 1
+    now = DocumentsProjection.version
+    assert read_state(store.datastore, first.projection.name).live_version == now
 
-    second = runner(store, DocumentsV2())
+    second = runner(store, DocumentsNext())
     check_version(second, rebuild=False)
-    assert read_state(store.datastore, second.projection.name).live_version == 1
+    assert read_state(store.datastore, second.projection.name).live_version == now
     assert "run `uait projections rebuild" in caplog.text
 
     check_version(second, rebuild=True)
     state = read_state(store.datastore, second.projection.name)
-    assert (state.live_version, state.previous_version) == (2, 1)
-    equals_a_fresh_rebuild(store, DocumentsV2())
+    assert (state.live_version, state.previous_version) == (now + 1, now)
+    equals_a_fresh_rebuild(store, DocumentsNext())
 
 
 def test_a_rebuild_from_a_time_replays_exactly_the_events_committed_since(endpoints):

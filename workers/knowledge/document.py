@@ -14,6 +14,7 @@ from workers.knowledge.chunking import chunk_spans
 if TYPE_CHECKING:
     from events.base import Event
     from events.knowledge.commands import DeleteDocument, IngestDocument
+    from workers.knowledge.embedding import ChunkEmbedder
 
 
 class DocumentTooLargeError(DomainRuleError):
@@ -47,9 +48,17 @@ class Document(Aggregate):
             self.content_sha256 = ""
 
     def ingest(
-        self, command: IngestDocument, *, max_bytes: int, chunk_size: int, overlap: int
+        self,
+        command: IngestDocument,
+        *,
+        max_bytes: int,
+        chunk_size: int,
+        overlap: int,
+        embed: ChunkEmbedder | None = None,
     ) -> bool:
-        """Record a new version if the content changed; False when it is unchanged."""
+        """Record a new version if the content changed; False when it is unchanged.
+
+        With ``embed``, the version carries its chunks' vectors."""
         size = len(command.text.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
             raise DocumentTooLargeError(
@@ -60,6 +69,7 @@ class Document(Aggregate):
         if self.exists and sha == self.content_sha256:
             return False
         spans = chunk_spans(command.text, chunk_size, overlap)
+        vectors = embed.vectors(command.title, command.text, spans) if embed is not None else None
         self.record(
             DocumentIngested(
                 document_id=command.document_id,
@@ -70,6 +80,7 @@ class Document(Aggregate):
                 tags=command.tags,
                 content_sha256=sha,
                 chunks=[ChunkSpan(index=i, start=s.start, end=s.end) for i, s in enumerate(spans)],
+                embedding=vectors,
             )
         )
         return True
