@@ -156,7 +156,9 @@ def test_a_changed_document_is_served_from_the_cache_within_the_bound_and_a_dele
         took = served_within(lambda: client.get(path).json()["version"] == 2, INVALIDATION_BOUND_S)
         assert client.get(path).json()["title"] == "Second"
         searched = served_within(
-            lambda: client.get(SEARCH, params={"q": old_word, "mode": "text"}).json()["results"] == [],
+            lambda: (
+                client.get(SEARCH, params={"q": old_word, "mode": "text"}).json()["results"] == []
+            ),
             INVALIDATION_BOUND_S,
         )
         found = client.get(SEARCH, params={"q": new_word, "mode": "text"}).json()["results"]

@@ -81,7 +81,7 @@ def test_a_query_finds_the_document_that_shares_no_word_with_it(
     assert vector["mode"] == "vector"
     assert "fallback" not in vector
     hits = vector["results"]
-    assert [h["document_id"] for h in hits][0] == ids["bread"]
+    assert hits[0]["document_id"] == ids["bread"]
     assert len(hits) == 3  # every match, ranked
     best = hits[0]
     # Its citation and its scores.
@@ -148,9 +148,7 @@ def test_without_an_embedder_search_answers_in_text_mode_and_says_so(
 ) -> None:
     source, ids, position = corpus
     ingress = start_ingress(UAIT_EMBEDDER="none")
-    with httpx.Client(
-        base_url=ingress.base_url, headers=dict(api.headers), timeout=30
-    ) as plain:
+    with httpx.Client(base_url=ingress.base_url, headers=dict(api.headers), timeout=30) as plain:
         answer = search(plain, q="revenue agency", source=source, after=position)
     assert answer["mode"] == "text"
     assert "UAIT_EMBEDDER=none" in answer["fallback"]
