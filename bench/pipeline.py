@@ -176,6 +176,9 @@ def pipeline(endpoints: Endpoints, batch: int | None, log_dir: Path) -> Iterator
         "UAIT_KEY_ENCRYPTION_KEYS": KEK,
         "UAIT_WORKER_SESSION_TIMEOUT_MS": "3000",
         "UAIT_LOG_LEVEL": "WARNING",
+        # The command path alone: with the embedder, ingestion is bound by it (its own figure
+        # is `uait bench embed`'s), and both builds compared here must do the same work.
+        "UAIT_EMBEDDER": "none",
     }
     if batch is not None:
         # Only the write path changes: the projection keeps its batching in both runs, so the
