@@ -14,10 +14,12 @@ import pytest
 from contexts import REGISTRY
 from events.envelope import dumps, wrap
 from events.knowledge.commands import DeleteDocument, IngestDocument
-from infra.embeddings import LocalMiniLM
+from infra.embeddings import LocalMiniLM, MiniLM
 from infra.eventstore import open_factory
 from infra.migrate import migrate
 from infra.stack import create_database, drop_database, eventsourcing_env
+from projections.knowledge.documents import DocumentsProjection
+from projections.rebuild import Rebuilder
 from projections.runner import ProjectionRunner, rebuild_into
 from workers.aggregate_store import AggregateStore
 from workers.batch import BatchProcessor
@@ -143,3 +145,35 @@ def test_a_second_runner_of_the_same_projection_never_applies_a_batch_twice(stor
     assert second.run_batch() == 0  # its transaction is refused by the tracking record
     assert rows(database_url, "public", "documents") == before
     assert first.position() == start + applied
+
+
+def test_a_rebuild_reproduces_the_vector_index_without_calling_the_embedder(
+    store, database_url, monkeypatch
+):
+    write_history(store, 120, seed=5)
+    for runner in runners(store, batch_size=50):
+        runner.catch_up()
+    (documents,) = [p for p in knowledge_projections() if isinstance(p, DocumentsProjection)]
+    before = rows(database_url, "public", "chunk_vectors")
+    assert before
+    query = f"[{','.join(['0.05'] * 384)}]"
+    nearest = (
+        "SELECT document_id, chunk_index FROM chunk_vectors"
+        " ORDER BY embedding <=> %s::halfvec(384), document_id, chunk_index LIMIT 20"
+    )
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET enable_indexscan = off")  # exact: HNSW's graph is built differently
+        near_before = conn.execute(nearest, (query,)).fetchall()
+    assert len(near_before) == 20
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("a rebuild called the embedder")
+
+    monkeypatch.setattr(MiniLM, "__init__", unreachable)
+    monkeypatch.setattr(MiniLM, "embed", unreachable)
+    result = Rebuilder(documents, store.recorder, store.factory.tracking_recorder()).rebuild()
+    assert result is not None
+    assert rows(database_url, "public", "chunk_vectors") == before
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET enable_indexscan = off")
+        assert conn.execute(nearest, (query,)).fetchall() == near_before
