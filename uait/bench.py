@@ -35,7 +35,7 @@ def bench_pipeline(
 @app.command("embed")
 def bench_embed(
     sentences: Annotated[int, typer.Option(min=1, help="sentences per round")] = 1000,
-    chunks: Annotated[int, typer.Option(min=1, help="1,200-character chunks per round")] = 300,
+    chunks: Annotated[int, typer.Option(min=1, help="default-size chunks per round")] = 300,
     rounds: Annotated[int, typer.Option(min=1, help="alternating rounds; medians")] = 3,
     batch: Annotated[int, typer.Option(min=1, help="texts per model call")] = 32,
     threads: Annotated[int, typer.Option(min=0, help="threads (0: one per core)")] = 0,

@@ -129,7 +129,7 @@ def test_an_ingested_document_is_searchable_and_readable_at_its_position(
     assert got["tags"] == ["e2e", "notes"]
     assert got["version"] == 1
     assert got["text"] == text
-    assert got["chunk_count"] >= 2  # ~3,500 characters in chunks of ~1,200
+    assert got["chunk_count"] >= 2  # ~3,500 characters in chunks of ~800
     assert "chunks" not in got
 
     with_chunks = api.get(
