@@ -132,7 +132,8 @@ def test_a_rebuild_equals_the_incremental_build_row_for_row(store, projection):
     incremental.catch_up()
     assert incremental.position() == store.head()
     before = {t: rows(store, t) for t in projection.tables}
-    assert all(before.values())
+    # The generated versions carry no vectors: chunk_vectors' rebuild is test_projections'.
+    assert all(v for t, v in before.items() if t != "chunk_vectors")
     result = Rebuilder(projection, store.recorder, tracking, batch_size=10_000).rebuild()
     assert result is not None
     assert result.events == store.head()
