@@ -80,9 +80,11 @@ def minilm_folder() -> Path:
 Precision = Literal["fp32", "int8"]
 
 
-def model_id(precision: Precision) -> str:
-    """The id recorded with the vectors: int8 weights give (slightly) other vectors."""
-    return MINILM if precision == "fp32" else f"{MINILM}@int8"
+def minilm_spec(precision: Precision) -> EmbeddingSpec:
+    """What the local model's vectors are; int8 weights give (slightly) other vectors, hence
+    another model id."""
+    model = MINILM if precision == "fp32" else f"{MINILM}@int8"
+    return EmbeddingSpec(model=model, dim=384, normalized=True)
 
 
 class MiniLM:
@@ -130,7 +132,7 @@ class MiniLM:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        return EmbeddingSpec(model=model_id(self.precision), dim=384, normalized=True)
+        return minilm_spec(self.precision)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), 384), dtype=np.float32)
@@ -363,7 +365,7 @@ class LocalMiniLM:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        return EmbeddingSpec(model=model_id(self.precision), dim=384, normalized=True)
+        return minilm_spec(self.precision)
 
     def model(self) -> MiniLM:
         with _local_lock:

@@ -49,12 +49,6 @@ class Filters:
             params["f_until"] = self.until
         return "".join(f" AND {p}" for p in parts), params
 
-    @property
-    def any(self) -> bool:
-        return bool(
-            self.source is not None or self.tags or self.documents or self.since or self.until
-        )
-
     def key(self) -> str:
         """A stable text of the filters (for cache keys)."""
         return repr(

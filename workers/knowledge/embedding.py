@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from infra.embeddings import Embedder
     from workers.knowledge.chunking import Span
 
-# Past this many remembered vectors (a batch that was never decided), start again.
+# Past this many remembered vectors, start again. They are kept across batches, so a batch
+# that conflicts and is retried in halves does not embed its chunks twice.
 _MEMO_LIMIT = 20_000
 
 
@@ -44,9 +45,6 @@ class ChunkEmbedder:
             return
         rows = self.embedder.embed(missing)
         self._memo.update(zip(missing, rows, strict=True))
-
-    def forget(self) -> None:
-        self._memo.clear()
 
     def vectors(self, title: str, text: str, spans: Sequence[Span]) -> ChunkVectors:
         """The chunks' vectors for an event; a failing embedder sends the command to retry."""

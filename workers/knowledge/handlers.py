@@ -50,7 +50,6 @@ class KnowledgeDecider:
         batches fill across documents. A failure here is left for each decision to meet."""
         if self.embedder is None:
             return
-        self._chunks.forget()
         inputs: list[str] = []
         for command in commands:
             if not isinstance(command, IngestDocument):
